@@ -13,12 +13,11 @@ pub mod conditions {
 }
 
 pub mod reasons {
-    /// Ready=False: the latest created Revision failed.
+    /// Ready=False: the latest created Revision failed, or could not be created (e.g. a
+    /// user-chosen name reused with a different template).
     pub const REVISION_FAILED: &str = "RevisionFailed";
     /// Ready=False: the latest ready Revision was deleted.
     pub const REVISION_DELETED: &str = "RevisionDeleted";
-    /// Ready=False: the template cannot be turned into a Revision (e.g. a reused revision name).
-    pub const REVISION_CREATION_FAILED: &str = "RevisionCreationFailed";
 }
 
 /// The template from which Revisions are stamped: metadata (labels, annotations, optional
@@ -28,7 +27,6 @@ pub mod reasons {
 pub struct RevisionTemplateSpec {
     #[serde(default, skip_serializing_if = "is_default")]
     pub metadata: ObjectMeta,
-    #[serde(default)]
     pub spec: RevisionSpec,
 }
 
@@ -81,7 +79,6 @@ pub struct ConfigurationStatusFields {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigurationSpec {
-    #[serde(default)]
     pub template: RevisionTemplateSpec,
 }
 

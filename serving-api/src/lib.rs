@@ -16,6 +16,7 @@ pub mod labels;
 pub mod naming;
 pub mod revision;
 pub mod route;
+mod schema;
 pub mod service;
 pub mod validation;
 

@@ -81,6 +81,7 @@ pub mod reasons {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema::relax_pod_schema)]
 pub struct RevisionSpec {
     #[serde(flatten)]
     pub pod: PodSpec,
