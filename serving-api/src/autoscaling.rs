@@ -379,7 +379,8 @@ mod tests {
     /// Each row: annotations, the field path and a fragment of the rule that must be reported.
     #[test]
     fn invalid_annotations_name_the_key_and_rule() {
-        let rows: &[(&[(&str, &str)], &str, &str)] = &[
+        type Row<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let rows: &[Row] = &[
             (&[(CLASS, "hpa.autoscaling.knative.dev")], CLASS, "only kpa"),
             (&[(METRIC, "cpu")], METRIC, "concurrency or rps"),
             (&[(TARGET, "0")], TARGET, "between 0.01"),

@@ -1,5 +1,9 @@
 //! `Configuration`: the desired latest Revision; each change of its template stamps a new one.
 
+// kube's derive takes one `printcolumn(...)`/`validation` per column or rule; clippy reads the
+// repeated keys inside them as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::CustomResource;
 use schemars::JsonSchema;

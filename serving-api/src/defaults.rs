@@ -3,6 +3,7 @@
 //! is omitted.
 
 use k8s_openapi::api::core::v1::{Probe, TCPSocketAction};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::config::DefaultsConfig;
@@ -112,11 +113,10 @@ pub fn default_revision_spec(spec: &mut RevisionSpec, cfg: &DefaultsConfig) {
     }
 }
 
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+/// Per resource kind: the default request and limit.
+type ResourceDefaults = Vec<(&'static str, (Option<Quantity>, Option<Quantity>))>;
 
-fn resource_defaults(
-    cfg: &DefaultsConfig,
-) -> Option<Vec<(&'static str, (Option<Quantity>, Option<Quantity>))>> {
+fn resource_defaults(cfg: &DefaultsConfig) -> Option<ResourceDefaults> {
     let q = |v: &Option<String>| v.clone().map(Quantity);
     let rows = vec![
         (

@@ -1,5 +1,9 @@
 //! `Revision`: an immutable snapshot of code and configuration, stamped by a Configuration.
 
+// kube's derive takes one `printcolumn(...)`/`validation` per column or rule; clippy reads the
+// repeated keys inside them as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::api::core::v1::PodSpec;
 use kube::CustomResource;
 use schemars::JsonSchema;

@@ -1,5 +1,9 @@
 //! `Route`: names a set of Revisions and splits traffic between them by percent and tag.
 
+// kube's derive takes one `printcolumn(...)`/`validation` per column or rule; clippy reads the
+// repeated keys inside them as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,9 @@
 //! `Service`: the one object a user writes. It owns a Configuration and a Route of its name.
 
+// kube's derive takes one `printcolumn(...)`/`validation` per column or rule; clippy reads the
+// repeated keys inside them as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

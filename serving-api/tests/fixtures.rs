@@ -1,5 +1,6 @@
 //! Realistic manifests: every example round-trips through the types unchanged and validates;
 //! every invalid fixture yields exactly the errors its `# expect:` lines list, all at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,6 @@
 //! One row per validation rule not already exercised by the invalid fixtures: the object (YAML),
 //! and the errors (path and a fragment of the rule) that must come back, all of them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
 
 use serving_api::defaults::{default_revision, default_route, default_service};
 use serving_api::validation::{

@@ -1,6 +1,7 @@
 //! The committed CRDs are what the Rust types generate, and they make the API server refuse
 //! what it can check itself: OpenAPI bounds and the CEL rules, evaluated here offline exactly as
 //! written in `config/crds/`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,220 @@
+//! Route → resolved traffic: revision names for every target, tag URLs, the route's URLs and
+//! its conditions.
+
+use serving_api::condition::{self, Condition, ConditionStatus};
+use serving_api::config::{DomainConfig, NetworkConfig};
+use serving_api::naming::{self, RouteRef};
+use serving_api::route::{RouteStatusFields, conditions, reasons};
+use serving_api::{Addressable, Configuration, Revision, Route, RouteStatus, TrafficTarget};
+
+/// Whether the data plane has programmed this route (the gateway's answer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IngressState {
+    Ready,
+    NotReady { reason: String, message: String },
+}
+
+/// Everything a route's status depends on besides the route itself.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteInputs<'a> {
+    pub configurations: &'a [Configuration],
+    pub revisions: &'a [Revision],
+    pub network: &'a NetworkConfig,
+    pub domains: &'a DomainConfig,
+    pub ingress: &'a IngressState,
+}
+
+/// One target that could not be resolved, and how badly.
+struct Unresolved {
+    status: ConditionStatus,
+    reason: &'static str,
+    message: String,
+}
+
+fn resolve_target(
+    t: &TrafficTarget,
+    inputs: &RouteInputs<'_>,
+) -> Result<(String, bool), Unresolved> {
+    let find_rev = |n: &str| {
+        inputs
+            .revisions
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(n))
+    };
+    let (revision, latest) = match (t.revision_name.as_deref(), t.configuration_name.as_deref()) {
+        (_, Some(config)) => {
+            let Some(c) = inputs
+                .configurations
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(config))
+            else {
+                return Err(Unresolved {
+                    status: ConditionStatus::False,
+                    reason: reasons::CONFIGURATION_MISSING,
+                    message: format!("Configuration {config:?} referenced in traffic not found."),
+                });
+            };
+            match c.latest_ready() {
+                Some(r) => (r.to_string(), true),
+                None if c.ready_status() == ConditionStatus::False => {
+                    return Err(Unresolved {
+                        status: ConditionStatus::False,
+                        reason: reasons::REVISION_MISSING,
+                        message: format!(
+                            "Configuration {config:?} does not have any ready Revision."
+                        ),
+                    });
+                }
+                None => {
+                    return Err(Unresolved {
+                        status: ConditionStatus::Unknown,
+                        reason: reasons::REVISION_MISSING,
+                        message: format!(
+                            "Configuration {config:?} is waiting for a Revision to become ready."
+                        ),
+                    });
+                }
+            }
+        }
+        (Some(rev), None) => (rev.to_string(), false),
+        (None, None) => {
+            return Err(Unresolved {
+                status: ConditionStatus::False,
+                reason: reasons::REVISION_MISSING,
+                message: "A traffic target names neither a revision nor a configuration.".into(),
+            });
+        }
+    };
+    match find_rev(&revision) {
+        None => Err(Unresolved {
+            status: ConditionStatus::False,
+            reason: reasons::REVISION_MISSING,
+            message: format!("Revision {revision:?} referenced in traffic not found."),
+        }),
+        Some(r) if r.is_failed() => Err(Unresolved {
+            status: ConditionStatus::False,
+            reason: reasons::REVISION_MISSING,
+            message: format!("Revision {revision:?} failed to become ready."),
+        }),
+        // A latest-ready revision is ready by definition; a pinned one must be checked.
+        Some(r) if !latest && !r.is_ready() => Err(Unresolved {
+            status: ConditionStatus::Unknown,
+            reason: reasons::REVISION_MISSING,
+            message: format!("Revision {revision:?} is not yet ready."),
+        }),
+        Some(_) => Ok((revision, latest)),
+    }
+}
+
+/// The Route's status. Until every target resolves, `status.traffic` keeps what is being
+/// served now, so a half-resolved split is never published.
+pub fn route_status(route: &Route, inputs: &RouteInputs<'_>) -> RouteStatus {
+    let previous = route.status.clone().unwrap_or_default();
+    let empty = Default::default();
+    let r = RouteRef {
+        name: route.metadata.name.as_deref().unwrap_or_default(),
+        namespace: route.metadata.namespace.as_deref().unwrap_or("default"),
+        labels: route.metadata.labels.as_ref().unwrap_or(&empty),
+        annotations: route.metadata.annotations.as_ref().unwrap_or(&empty),
+    };
+    let scheme = inputs.network.default_external_scheme.as_str();
+    let mut fields = RouteStatusFields {
+        traffic: previous.fields.traffic.clone(),
+        ..RouteStatusFields::default()
+    };
+
+    let hosts = naming::route_hosts(&r, inputs.network, inputs.domains);
+    let mut traffic = Vec::new();
+    let mut failure: Option<Unresolved> = None;
+    match &hosts {
+        Err(e) => {
+            failure = Some(Unresolved {
+                status: ConditionStatus::False,
+                reason: "DomainTemplateError",
+                message: e.clone(),
+            })
+        }
+        Ok(h) => {
+            fields.url = Some(naming::url(
+                if h.cluster_local { "http" } else { scheme },
+                &h.host,
+            ))
+        }
+    }
+    for t in &route.spec.traffic {
+        match resolve_target(t, inputs) {
+            Ok((revision, latest)) => {
+                let url = match t.tag.as_deref() {
+                    Some(tag) => match naming::tag_host(&r, tag, inputs.network, inputs.domains) {
+                        Ok(host) => {
+                            let local = hosts.as_ref().is_ok_and(|h| h.cluster_local);
+                            Some(naming::url(if local { "http" } else { scheme }, &host))
+                        }
+                        Err(e) => {
+                            failure.get_or_insert(Unresolved {
+                                status: ConditionStatus::False,
+                                reason: "DomainTemplateError",
+                                message: e,
+                            });
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                traffic.push(TrafficTarget {
+                    tag: t.tag.clone(),
+                    revision_name: Some(revision),
+                    configuration_name: None,
+                    latest_revision: Some(latest),
+                    percent: t.percent,
+                    url,
+                });
+            }
+            Err(u) => {
+                // False beats Unknown: report the worst problem first.
+                let worse = failure.as_ref().is_none_or(|f| {
+                    f.status != ConditionStatus::False && u.status == ConditionStatus::False
+                });
+                if worse {
+                    failure = Some(u);
+                }
+            }
+        }
+    }
+
+    let assigned = match failure {
+        Some(u) => Condition::new(
+            conditions::ALL_TRAFFIC_ASSIGNED,
+            u.status,
+            u.reason,
+            &u.message,
+        ),
+        None => {
+            fields.traffic = traffic;
+            Condition::truthy(conditions::ALL_TRAFFIC_ASSIGNED)
+        }
+    };
+    let ingress = match inputs.ingress {
+        IngressState::Ready => Condition::truthy(conditions::INGRESS_READY),
+        IngressState::NotReady { reason, message } => Condition::new(
+            conditions::INGRESS_READY,
+            ConditionStatus::Unknown,
+            reason,
+            message,
+        ),
+    };
+    let ready = condition::summarize(conditions::READY, &[&assigned, &ingress]);
+    // Brokers resolve a sink through status.address: publish it once the route serves, and
+    // keep it through later transient states rather than making sinks flap.
+    fields.address = match (&ready.status, &hosts) {
+        (ConditionStatus::True, Ok(h)) => Some(Addressable {
+            url: Some(naming::url("http", &h.cluster_local_host)),
+        }),
+        _ => previous.fields.address.clone(),
+    };
+    RouteStatus {
+        observed_generation: route.metadata.generation,
+        conditions: vec![assigned, ingress, ready],
+        fields,
+    }
+}
