@@ -371,3 +371,39 @@ fn defaulting_fills_what_knative_fills() {
         .and_then(|r| r.get("cpu"));
     assert_eq!(cpu.map(|q| q.0.as_str()), Some("100m"));
 }
+
+mod properties {
+    use proptest::prelude::*;
+    use serving_api::validation::{ValidationConfig, validate_service};
+    use serving_api::{Service, TrafficTarget};
+
+    proptest! {
+        /// Traffic is accepted exactly when every percent is in 0..=100 and they sum to 100.
+        #[test]
+        fn traffic_accepted_iff_percents_sum_to_100(
+            mut percents in proptest::collection::vec(-10i64..120, 1..6),
+            balance in any::<bool>(),
+        ) {
+            // Half the cases are made to sum to 100, so both outcomes are exercised.
+            if balance {
+                let rest: i64 = percents[1..].iter().sum();
+                percents[0] = 100 - rest;
+            }
+            let mut svc: Service = serde_saphyr::from_str(
+                "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: svc\nspec:\n  template:\n    spec:\n      containers:\n        - image: app\n",
+            ).unwrap();
+            svc.spec.route.traffic = percents
+                .iter()
+                .enumerate()
+                .map(|(i, p)| TrafficTarget {
+                    revision_name: Some(format!("svc-{i:05}")),
+                    latest_revision: Some(false),
+                    percent: Some(*p),
+                    ..TrafficTarget::default()
+                })
+                .collect();
+            let ok = percents.iter().all(|p| (0..=100).contains(p)) && percents.iter().sum::<i64>() == 100;
+            prop_assert_eq!(validate_service(&svc, &ValidationConfig::default()).is_ok(), ok);
+        }
+    }
+}
