@@ -28,11 +28,3 @@ pub const LAST_MODIFIER: &str = "serving.knative.dev/lastModifier";
 pub const ROUTING_STATE: &str = "serving.knative.dev/routingState";
 /// kubectl's client-side apply bookkeeping; never propagated to children.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// Header that selects a tag's revision on the route's main host.
-pub const HEADER_TAG: &str = "Knative-Serving-Tag";
-/// Internal routing headers; stripped from client requests, never obeyed.
-pub const HEADER_REVISION: &str = "Knative-Serving-Revision";
-pub const HEADER_NAMESPACE: &str = "Knative-Serving-Namespace";
-/// Probe header the activator and kubelet send to the queue-proxy.
-pub const HEADER_NETWORK_PROBE: &str = "K-Network-Probe";

@@ -314,8 +314,8 @@ fn queue_container(
                 port: IntOrString::Int(serving_port),
                 path: Some("/".into()),
                 http_headers: Some(vec![HTTPHeader {
-                    name: labels::HEADER_NETWORK_PROBE.into(),
-                    value: "queue".into(),
+                    name: wire::HEADER_NETWORK_PROBE.into(),
+                    value: wire::PROBE_QUEUE.into(),
                 }]),
                 ..HTTPGetAction::default()
             }),

@@ -168,7 +168,7 @@ fn deployment_wires_user_container_and_queue_proxy() {
             .http_headers
             .as_ref()
             .map(|h| (h[0].name.as_str(), h[0].value.as_str())),
-        Some(("K-Network-Probe", "queue"))
+        Some(("k-network-probe", "queue"))
     );
     assert_eq!(
         queue

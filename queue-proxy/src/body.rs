@@ -1,0 +1,104 @@
+//! The response body as it streams back: enforces the total and idle timeouts while streaming,
+//! and owns the request's guards, so that its concurrency slot and in-flight count are given
+//! back the moment the response ends, fails or is abandoned by the client.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body that is only a short text (errors, probe answers).
+pub fn text(s: impl Into<Bytes>) -> ProxyBody {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(s.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamTimeout {
+    #[error("request exceeded timeoutSeconds while streaming the response")]
+    Total,
+    #[error("no bytes from the app for idleTimeoutSeconds")]
+    Idle,
+}
+
+pin_project_lite::pin_project! {
+    pub struct Tracked<B, G> {
+        #[pin]
+        inner: B,
+        deadline: Pin<Box<Sleep>>,
+        idle: Option<(Duration, Pin<Box<Sleep>>)>,
+        guard: Option<G>,
+    }
+}
+
+impl<B, G> Tracked<B, G> {
+    pub fn new(inner: B, deadline: Instant, idle: Option<Duration>, guard: G) -> Self {
+        Tracked {
+            inner,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B, G> Body for Tracked<B, G>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some((d, sleep)) = this.idle.as_mut() {
+                    sleep.as_mut().reset(Instant::now() + *d);
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.guard.take();
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Ready(None) => {
+                this.guard.take();
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.guard.take();
+            return Poll::Ready(Some(Err(Box::new(StreamTimeout::Total))));
+        }
+        if let Some((_, sleep)) = this.idle.as_mut()
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            this.guard.take();
+            return Poll::Ready(Some(Err(Box::new(StreamTimeout::Idle))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
