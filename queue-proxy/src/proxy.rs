@@ -13,6 +13,7 @@
 //! 6. upstream call with the response-start timeout; upgrades (websockets) are tunnelled;
 //! 7. the response body streams back through `Tracked`, which enforces the total and idle
 //!    timeouts and releases the slot and counters when it ends.
+//!
 //! Errors are classified once, here: 503 overload, 504 deadline, 502 app unreachable.
 
 use std::net::SocketAddr;

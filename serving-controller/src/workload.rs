@@ -280,6 +280,7 @@ fn queue_container(
         env("QUEUE_METRICS_PORT", ports::AUTOSCALER_METRICS.to_string()),
         env("USER_METRICS_PORT", ports::USER_METRICS.to_string()),
         env("USER_PORT", user_port.to_string()),
+        env("USER_PROTOCOL", if h2c { "h2c" } else { "http1" }),
         env(
             "CONTAINER_CONCURRENCY",
             spec.container_concurrency.unwrap_or(0).to_string(),
