@@ -34,8 +34,11 @@ pin_project_lite::pin_project! {
     pub struct Tracked<B, G> {
         #[pin]
         inner: B,
-        deadline: Pin<Box<Sleep>>,
-        idle: Option<(Duration, Pin<Box<Sleep>>)>,
+        deadline: Instant,
+        // Timers are armed only when the app makes us wait: most responses are complete in
+        // the first poll, and registering timers per request is a measurable cost.
+        timer: Option<Pin<Box<Sleep>>>,
+        idle: Option<(Duration, Option<Pin<Box<Sleep>>>)>,
         guard: Option<G>,
     }
 }
@@ -44,8 +47,9 @@ impl<B, G> Tracked<B, G> {
     pub fn new(inner: B, deadline: Instant, idle: Option<Duration>, guard: G) -> Self {
         Tracked {
             inner,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+            deadline,
+            timer: None,
+            idle: idle.map(|d| (d, None)),
             guard: Some(guard),
         }
     }
@@ -66,8 +70,9 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some((d, sleep)) = this.idle.as_mut() {
-                    sleep.as_mut().reset(Instant::now() + *d);
+                if let Some((_, sleep)) = this.idle.as_mut() {
+                    // Re-armed the next time the app makes us wait.
+                    *sleep = None;
                 }
                 return Poll::Ready(Some(Ok(frame)));
             }
@@ -81,15 +86,21 @@ where
             }
             Poll::Pending => {}
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        let deadline = *this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.as_mut().poll(cx).is_ready() {
             this.guard.take();
             return Poll::Ready(Some(Err(Box::new(StreamTimeout::Total))));
         }
-        if let Some((_, sleep)) = this.idle.as_mut()
-            && sleep.as_mut().poll(cx).is_ready()
-        {
-            this.guard.take();
-            return Poll::Ready(Some(Err(Box::new(StreamTimeout::Idle))));
+        if let Some((d, sleep)) = this.idle.as_mut() {
+            let d = *d;
+            let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+            if sleep.as_mut().poll(cx).is_ready() {
+                this.guard.take();
+                return Poll::Ready(Some(Err(Box::new(StreamTimeout::Idle))));
+            }
         }
         Poll::Pending
     }

@@ -59,6 +59,18 @@ impl Breaker {
             .map_or(0, |s| self.capacity - s.available_permits())
     }
 
+    /// A slot now, without waiting, if one is free (always, when unlimited).
+    pub fn try_acquire(&self) -> Option<Slot> {
+        match &self.slots {
+            None => Some(Slot(None)),
+            Some(slots) => slots
+                .clone()
+                .try_acquire_owned()
+                .ok()
+                .map(|p| Slot(Some(p))),
+        }
+    }
+
     /// Wait for a slot, FIFO. Fails at once when `queue_depth` requests already wait.
     pub async fn acquire(&self) -> Result<Slot, Overflow> {
         let Some(slots) = &self.slots else {

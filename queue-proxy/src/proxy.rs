@@ -273,15 +273,16 @@ pub async fn handle(
     };
 
     // 4. Breaker, bounded by the request's deadline.
-    shared
-        .metrics
-        .queue_depth
-        .set(shared.breaker.queued() as i64 + 1);
-    let slot = tokio::time::timeout_at(deadline, shared.breaker.acquire()).await;
-    shared
-        .metrics
-        .queue_depth
-        .set(shared.breaker.queued() as i64);
+    let slot = match shared.breaker.try_acquire() {
+        Some(s) => Ok(Ok(s)),
+        None => {
+            let depth = &shared.metrics.queue_depth;
+            depth.set(shared.breaker.queued() as i64 + 1);
+            let s = tokio::time::timeout_at(deadline, shared.breaker.acquire()).await;
+            depth.set(shared.breaker.queued() as i64);
+            s
+        }
+    };
     match slot {
         Ok(Ok(s)) => guard._slot = Some(s),
         Ok(Err(o)) => {
