@@ -24,6 +24,8 @@ pub const WINDOW: &str = "autoscaling.knative.dev/window";
 pub const PANIC_WINDOW_PERCENTAGE: &str = "autoscaling.knative.dev/panic-window-percentage";
 pub const PANIC_THRESHOLD_PERCENTAGE: &str = "autoscaling.knative.dev/panic-threshold-percentage";
 pub const SCALE_DOWN_DELAY: &str = "autoscaling.knative.dev/scale-down-delay";
+/// How window averages are formed: `linear` (default) or `weightedExponential`.
+pub const METRIC_AGGREGATION: &str = "autoscaling.knative.dev/metric-aggregation-algorithm";
 pub const SCALE_TO_ZERO_POD_RETENTION: &str =
     "autoscaling.knative.dev/scale-to-zero-pod-retention-period";
 
@@ -61,11 +63,21 @@ pub enum Metric {
     Rps,
 }
 
+/// How the buckets of a window are averaged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregation {
+    /// Every second of the window weighs the same.
+    Linear,
+    /// Recent seconds weigh more (exponential decay over the window).
+    WeightedExponential,
+}
+
 /// Everything the KPA needs to know about one revision, with annotations applied over
 /// config-autoscaler and containerConcurrency.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RevisionScaling {
     pub metric: Metric,
+    pub aggregation: Aggregation,
     /// Target per instance before utilization (annotation, else CC if > 0, else the default).
     pub target: f64,
     /// Fraction 0..1 of the target aimed for.
@@ -223,6 +235,18 @@ pub fn resolve(
             Metric::Concurrency
         }
     };
+    let aggregation = match annotations.get(METRIC_AGGREGATION).map(String::as_str) {
+        None | Some("linear") => Aggregation::Linear,
+        Some("weightedExponential" | "weighted-exponential") => Aggregation::WeightedExponential,
+        Some(other) => {
+            p.error(
+                METRIC_AGGREGATION,
+                other,
+                "must be linear or weightedExponential",
+            );
+            Aggregation::Linear
+        }
+    };
     let target_annotation = p.float(TARGET, TARGET_MIN, f64::MAX);
     let utilization = p.float(TARGET_UTILIZATION, 1.0, 100.0);
     let tbc = match lookup(annotations, TARGET_BURST_CAPACITY, path, &mut p.errors) {
@@ -299,6 +323,7 @@ pub fn resolve(
     };
     Ok(RevisionScaling {
         metric,
+        aggregation,
         target,
         utilization: utilization.unwrap_or(config.container_concurrency_target_percentage) / 100.0,
         target_burst_capacity: tbc.unwrap_or(config.target_burst_capacity),
@@ -383,6 +408,11 @@ mod tests {
         let rows: &[Row] = &[
             (&[(CLASS, "hpa.autoscaling.knative.dev")], CLASS, "only kpa"),
             (&[(METRIC, "cpu")], METRIC, "concurrency or rps"),
+            (
+                &[(METRIC_AGGREGATION, "median")],
+                METRIC_AGGREGATION,
+                "linear or weightedExponential",
+            ),
             (&[(TARGET, "0")], TARGET, "between 0.01"),
             (&[(TARGET, "x")], TARGET, "must be a number"),
             (
