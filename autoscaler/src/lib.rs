@@ -9,6 +9,7 @@
 
 pub mod aggregation;
 pub mod collector;
+pub mod metrics;
 pub mod scaler;
 pub mod scaling;
 

@@ -44,6 +44,8 @@ pub struct Observed {
 pub struct Decision {
     pub desired: i32,
     pub panicking: bool,
+    /// What the decision saw.
+    pub observed: Observed,
     /// Spare capacity beyond target-burst-capacity; negative means the activator should stay
     /// in the request path to absorb bursts.
     pub excess_burst_capacity: f64,
@@ -182,6 +184,7 @@ impl Decider {
         Decision {
             desired,
             panicking: self.panic_since.is_some(),
+            observed: o,
             excess_burst_capacity,
         }
     }

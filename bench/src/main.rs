@@ -3,8 +3,10 @@
 //!
 //! - `ebb-bench queue-proxy`: a trivial app reached directly, through the queue-proxy and
 //!   through nginx (one worker, keep-alive upstream), all on loopback.
+//! - `ebb-bench autoscaler`: one KPA tick over 10,000 revisions, stat intake, poke latency.
 //! - `ebb-bench app --port N`: the trivial app (used by the above).
 
+mod kpa;
 mod load;
 mod procs;
 
@@ -37,6 +39,7 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(app(port))
         }
+        Some("autoscaler") => kpa::run(arg(&args, "--revisions", "10000").parse()?),
         Some("queue-proxy") => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -44,7 +47,7 @@ fn main() -> anyhow::Result<()> {
             .block_on(queue_proxy_bench(&args)),
         _ => {
             eprintln!(
-                "usage: ebb-bench queue-proxy [--queue-proxy-bin PATH] [--rate 1000] [--seconds 10] [--max-seconds 5] [--conns 32] [--max-conns 64]\n       ebb-bench app --port N"
+                "usage: ebb-bench autoscaler [--revisions 10000]\n       ebb-bench queue-proxy [--queue-proxy-bin PATH] [--rate 1000] [--seconds 10] [--max-seconds 5] [--conns 32] [--max-conns 64]\n       ebb-bench app --port N"
             );
             std::process::exit(2)
         }
