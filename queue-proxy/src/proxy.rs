@@ -79,10 +79,16 @@ pub struct Shared {
     pub drain: Arc<Drain>,
     pub ready: watch::Receiver<bool>,
     pub metrics: Metrics,
+    pub traces: Option<crate::traces::Traces>,
 }
 
 impl Shared {
-    pub fn new(cfg: Config, drain: Arc<Drain>, ready: watch::Receiver<bool>) -> Arc<Self> {
+    pub fn new(
+        cfg: Config,
+        drain: Arc<Drain>,
+        ready: watch::Receiver<bool>,
+        traces: Option<crate::traces::Traces>,
+    ) -> Arc<Self> {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(Duration::from_secs(90))
@@ -100,6 +106,7 @@ impl Shared {
             client,
             drain,
             ready,
+            traces,
             cfg,
         })
     }
@@ -120,6 +127,7 @@ struct RequestGuard {
     started: Instant,
     app_started: Option<Instant>,
     status: u16,
+    span: Option<opentelemetry_sdk::trace::Span>,
     _slot: Option<Slot>,
 }
 
@@ -130,6 +138,9 @@ impl Drop for RequestGuard {
         }
         self.shared.metrics.in_flight.dec();
         let now = Instant::now();
+        if let Some(span) = self.span.take() {
+            crate::traces::Traces::finish(span, self.status);
+        }
         self.shared.metrics.record(
             self.status,
             now - self.started,
@@ -263,12 +274,18 @@ pub async fn handle(
         t.start(std::time::Instant::now(), proxied);
     }
     shared.metrics.in_flight.inc();
+    // The span starts before the breaker so that queueing shows in traces.
+    let span = shared.traces.as_ref().map(|t| {
+        let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+        t.start(req.headers_mut(), &method, &path)
+    });
     let mut guard = RequestGuard {
         shared: shared.clone(),
         proxied,
         started,
         app_started: None,
         status: 0,
+        span,
         _slot: None,
     };
 

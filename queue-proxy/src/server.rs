@@ -122,7 +122,13 @@ pub async fn run(
         ready_tx,
     ));
     let drain = Drain::new(cfg.drain_quiet_period);
-    let shared = Shared::new(cfg, drain, ready_rx);
+    let traces = match &cfg.otlp_endpoint {
+        Some(endpoint) => {
+            Some(crate::traces::Traces::new(endpoint, &cfg).map_err(std::io::Error::other)?)
+        }
+        None => None,
+    };
+    let shared = Shared::new(cfg, drain, ready_rx, traces);
     let (stop_tx, stop_rx) = watch::channel(false);
     let latest = Arc::new(Mutex::new(wire::Stat {
         pod_name: shared.cfg.pod.clone(),
@@ -240,5 +246,15 @@ pub async fn run(
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
     ticker.abort();
+    if shared.traces.is_some() {
+        // Export what is still buffered; bounded, so a dead collector cannot hold up exit.
+        let s = shared.clone();
+        let flush = tokio::task::spawn_blocking(move || {
+            if let Some(t) = &s.traces {
+                t.shutdown();
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
+    }
     Ok(())
 }
