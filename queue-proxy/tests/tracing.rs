@@ -12,6 +12,9 @@ use http_body_util::BodyExt;
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT_ID: &str = "b7ad6b7169203331";
 
+/// Every export the stand-in collector received: (path, body).
+type Exports = Vec<(String, Vec<u8>)>;
+
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
@@ -26,7 +29,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_continue_the_trace_and_reach_the_collector() {
     // A stand-in OTLP/HTTP collector that keeps every export it receives.
-    let exports: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let exports: Arc<Mutex<Exports>> = Arc::default();
     let e = exports.clone();
     let collector = spawn_app(move |req: http::Request<hyper::body::Incoming>| {
         let e = e.clone();
