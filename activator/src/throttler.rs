@@ -292,10 +292,7 @@ impl Throttler {
                 });
             }
             let (tx, rx) = oneshot::channel();
-            s.queue.push_back(Waiter {
-                tx,
-                bytes: body_bytes,
-            });
+            s.queue.push_back(Waiter { tx });
             s.queued += 1;
             s.queued_bytes += body_bytes;
             rx
