@@ -6,5 +6,7 @@
 //! request in a bounded FIFO queue while none has room, e.g. while the revision wakes from
 //! zero. The proxy that drives both (pingora) is wired on top; these modules do no I/O.
 
+pub mod gateway;
+pub mod revisions;
 pub mod routes;
 pub mod throttler;

@@ -11,7 +11,13 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::time::{Duration, Instant};
+
 use tokio::sync::oneshot;
+
+/// How long an instance whose connect failed stays out of rotation. Short: under a burst of
+/// connects a healthy instance can fail one, and a longer ban would strand queued requests.
+pub const DOWN_PENALTY: Duration = Duration::from_secs(1);
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,8 +50,9 @@ impl Default for Limits {
 struct Endpoint {
     addr: SocketAddr,
     in_flight: usize,
-    /// Taken out of rotation after a failed connect, until the runtime/probe reports it again.
-    down: bool,
+    /// Taken out of rotation after a failed connect, for `DOWN_PENALTY` or until the runtime
+    /// reports it again.
+    down: Option<Instant>,
     /// No longer reported ready but still serving leases: kept (not choosable) until they end,
     /// so that its in-flight count survives if it is reported again.
     removed: bool,
@@ -132,10 +139,11 @@ impl Throttler {
 
     /// Ready, usable instances now.
     pub fn endpoints(&self) -> usize {
+        let now = Instant::now();
         self.lock()
             .endpoints
             .iter()
-            .filter(|e| !e.down && !e.removed)
+            .filter(|e| !e.removed && e.down.is_none_or(|d| now - d >= DOWN_PENALTY))
             .count()
     }
 
@@ -153,14 +161,14 @@ impl Throttler {
             match s.endpoints.iter().position(|e| e.addr == *a) {
                 Some(i) => {
                     let mut e = s.endpoints.swap_remove(i);
-                    e.down = false;
+                    e.down = None;
                     e.removed = false;
                     next.push(e);
                 }
                 None => next.push(Endpoint {
                     addr: *a,
                     in_flight: 0,
-                    down: false,
+                    down: None,
                     removed: false,
                 }),
             }
@@ -183,17 +191,23 @@ impl Throttler {
     /// Take an instance out of rotation (a connect to it failed).
     pub fn mark_down(&self, addr: SocketAddr) {
         if let Some(e) = self.lock().endpoints.iter_mut().find(|e| e.addr == addr) {
-            e.down = true;
+            e.down = Some(Instant::now());
         }
     }
 
     fn choose(s: &mut State) -> Option<usize> {
-        let usable =
-            |e: &Endpoint, cc: usize| !e.down && !e.removed && (cc == 0 || e.in_flight < cc);
         let n = s.endpoints.len();
         if n == 0 {
             return None;
         }
+        // Penalties expire; and when every instance is penalized, trying one beats waiting
+        // for a change that may never come.
+        let now = Instant::now();
+        let penalized = |e: &Endpoint| e.down.is_some_and(|d| now - d < DOWN_PENALTY);
+        let all_down = s.endpoints.iter().all(|e| e.removed || penalized(e));
+        let usable = |e: &Endpoint, cc: usize| {
+            (all_down || !penalized(e)) && !e.removed && (cc == 0 || e.in_flight < cc)
+        };
         match s.cc {
             0 => {
                 // Power of two choices: two random instances, the less loaded one.
@@ -434,6 +448,20 @@ mod tests {
         assert_eq!(t.endpoints(), 1);
         t.set_endpoints(&[addr(1), addr(2)]);
         assert_eq!(t.endpoints(), 2, "reported again, back in rotation");
+    }
+
+    #[tokio::test]
+    async fn penalties_expire_and_never_strand_requests() {
+        let t = Throttler::new("r", 0, Limits::default());
+        t.set_endpoints(&[addr(1)]);
+        t.mark_down(addr(1));
+        // The only instance is penalized: it is still tried rather than waiting forever.
+        assert_eq!(t.acquire(0).await.map(|l| l.addr).ok(), Some(addr(1)));
+        t.set_endpoints(&[addr(1), addr(2)]);
+        t.mark_down(addr(1));
+        assert_eq!(t.acquire(0).await.map(|l| l.addr).ok(), Some(addr(2)));
+        tokio::time::sleep(DOWN_PENALTY).await;
+        assert_eq!(t.endpoints(), 2, "the penalty expired");
     }
 
     #[tokio::test]

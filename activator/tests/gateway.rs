@@ -1,0 +1,392 @@
+//! The gateway over real sockets: routing, split, tags, header hygiene, buffering from zero,
+//! queue bounds, timeouts and connect retries.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use activator::gateway::{Gateway, serve};
+use activator::revisions::{RevisionSettings, Revisions};
+use activator::routes::{Listener, RoutingTable};
+use activator::throttler::Limits;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// An app answering with its name and, on /headers, the request headers as JSON.
+async fn app(name: &'static str, delay: Duration) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| async move {
+                        tokio::time::sleep(delay).await;
+                        let body = if req.uri().path() == "/headers" {
+                            let m: serde_json::Map<String, serde_json::Value> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                                .collect();
+                            serde_json::to_vec(&m).unwrap()
+                        } else {
+                            name.as_bytes().to_vec()
+                        };
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn shop_route() -> serving_api::Route {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Route",
+        "metadata": {"name": "shop", "namespace": "default"},
+        "spec": {},
+        "status": {
+            "url": "http://shop.default.example.com",
+            "traffic": [
+                {"revisionName": "shop-00002", "percent": 90, "tag": "current", "url": "http://current-shop.default.example.com"},
+                {"revisionName": "shop-00001", "percent": 10, "tag": "old", "url": "http://old-shop.default.example.com"}
+            ]
+        }
+    }))
+    .unwrap()
+}
+
+struct Gw {
+    addr: SocketAddr,
+    revisions: Arc<Revisions>,
+    pokes: Arc<AtomicUsize>,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+async fn gateway(limits: Limits) -> Gw {
+    let table = Arc::new(RoutingTable::build([&shop_route()]));
+    let (_tx, routes) = tokio::sync::watch::channel(table);
+    std::mem::forget(_tx);
+    let revisions = Arc::new(Revisions::new(limits));
+    let pokes = Arc::new(AtomicUsize::new(0));
+    let p = pokes.clone();
+    let gw = Gateway {
+        routes,
+        revisions: revisions.clone(),
+        listener: Listener::External,
+        poke: Arc::new(move |_, _, _| {
+            p.fetch_add(1, Ordering::SeqCst);
+        }),
+    };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(serve(l, gw, rx));
+    Gw {
+        addr,
+        revisions,
+        pokes,
+        _stop: stop,
+    }
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build_http()
+}
+
+async fn get(
+    c: &Client,
+    gw: &Gw,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, http::HeaderMap) {
+    let mut req = http::Request::get(format!("http://{}{path}", gw.addr)).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = c
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (status, String::from_utf8_lossy(&body).into_owned(), headers)
+}
+
+async fn with_apps(gw: &Gw) {
+    let v1 = app("v1", Duration::ZERO).await;
+    let v2 = app("v2", Duration::ZERO).await;
+    gw.revisions.set_endpoints("default", "shop-00001", &[v1]);
+    gw.revisions.set_endpoints("default", "shop-00002", &[v2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_host_is_404_naming_it() {
+    let gw = gateway(Limits::default()).await;
+    let (status, body, _) = get(&client(), &gw, "nope.default.example.com", "/", &[]).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("nope.default.example.com"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_tags_and_header() {
+    let gw = gateway(Limits::default()).await;
+    with_apps(&gw).await;
+    let c = client();
+    let n = 10_000;
+    let mut old = 0;
+    for chunk in 0..(n / 100) {
+        let _ = chunk;
+        let results = futures_util::future::join_all(
+            (0..100).map(|_| get(&c, &gw, "shop.default.example.com", "/", &[])),
+        )
+        .await;
+        for (s, b, _) in results {
+            assert_eq!(s, 200);
+            if b == "v1" {
+                old += 1;
+            }
+        }
+    }
+    let share = f64::from(old) / f64::from(n);
+    assert!((share - 0.10).abs() <= 0.02, "the 10% revision got {share}");
+    assert_eq!(
+        get(&c, &gw, "old-shop.default.example.com", "/", &[])
+            .await
+            .1,
+        "v1",
+        "tag host"
+    );
+    assert_eq!(
+        get(&c, &gw, "current-shop.default.example.com:80", "/", &[])
+            .await
+            .1,
+        "v2"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            get(
+                &c,
+                &gw,
+                "shop.default.example.com",
+                "/",
+                &[("Knative-Serving-Tag", "old")]
+            )
+            .await
+            .1,
+            "v1",
+            "tag header"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_internal_headers_are_ignored() {
+    let gw = gateway(Limits::default()).await;
+    with_apps(&gw).await;
+    let c = client();
+    for _ in 0..30 {
+        let (s, body, _) = get(
+            &c,
+            &gw,
+            "old-shop.default.example.com",
+            "/headers",
+            &[
+                ("Knative-Serving-Revision", "shop-00002"),
+                ("Knative-Serving-Namespace", "kube-system"),
+            ],
+        )
+        .await;
+        assert_eq!(s, 200);
+        let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            h.get("knative-serving-revision").is_none()
+                && h.get("knative-serving-namespace").is_none(),
+            "{h}"
+        );
+        assert_eq!(h["k-proxy-request"], "activator");
+        assert_eq!(h["host"], "old-shop.default.example.com");
+        assert!(
+            h["forwarded"]
+                .as_str()
+                .unwrap_or("")
+                .contains("for=127.0.0.1"),
+            "{h}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_requests_held_at_zero_all_answered() {
+    let gw = gateway(Limits::default()).await;
+    // A short timeout so that a regression fails in seconds, not after Knative's 300 s.
+    gw.revisions.configure(
+        "default",
+        "shop-00002",
+        RevisionSettings {
+            container_concurrency: 0,
+            timeout: Duration::from_secs(30),
+            ..Default::default()
+        },
+    );
+    let c = client();
+    let gwr = &gw;
+    let started = Instant::now();
+    let revisions = gw.revisions.clone();
+    let wake = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let a = app("v2", Duration::ZERO).await;
+        revisions.set_endpoints("default", "shop-00002", &[a]);
+    });
+    let results = futures_util::future::join_all(
+        (0..1000).map(|_| get(&c, gwr, "current-shop.default.example.com", "/", &[])),
+    )
+    .await;
+    wake.await.unwrap();
+    assert!(
+        results.iter().all(|(s, b, _)| *s == 200 && b == "v2"),
+        "{:?}",
+        results.iter().find(|(s, _, _)| *s != 200)
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(
+        gw.pokes.load(Ordering::SeqCst) >= 1,
+        "the autoscaler was poked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_full_is_503_with_retry_after() {
+    let gw = gateway(Limits {
+        max_queued: 5,
+        max_queued_bytes: 1 << 20,
+    })
+    .await;
+    let c = &client();
+    let gwr = &gw;
+    let results = futures_util::future::join_all((0..20).map(|_| async move {
+        tokio::time::timeout(
+            Duration::from_millis(800),
+            get(c, gwr, "current-shop.default.example.com", "/", &[]),
+        )
+        .await
+    }))
+    .await;
+    let refused: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter(|(s, _, _)| *s == 503)
+        .collect();
+    assert_eq!(refused.len(), 15, "5 wait, the rest are refused at once");
+    assert!(refused[0].1.contains("queue full"), "{:?}", refused[0].1);
+    assert_eq!(
+        refused[0].2.get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_bytes_bound_is_enforced() {
+    // Room for one waiting request's headers, not two.
+    let gw = gateway(Limits {
+        max_queued: 100,
+        max_queued_bytes: 300,
+    })
+    .await;
+    let c = &client();
+    let gwr = &gw;
+    let big = "x".repeat(150);
+    let results = futures_util::future::join_all((0..2).map(|i| {
+        let big = big.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(50 * i)).await;
+            tokio::time::timeout(
+                Duration::from_millis(600),
+                get(
+                    c,
+                    gwr,
+                    "current-shop.default.example.com",
+                    "/",
+                    &[("x-pad", big.as_str())],
+                ),
+            )
+            .await
+        }
+    }))
+    .await;
+    let refused: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter(|(s, _, _)| *s == 503)
+        .collect();
+    assert_eq!(refused.len(), 1, "{results:?}");
+    assert!(refused[0].1.contains("bytes"), "{}", refused[0].1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_past_the_revision_timeout_is_504() {
+    let gw = gateway(Limits::default()).await;
+    gw.revisions.configure(
+        "default",
+        "shop-00002",
+        RevisionSettings {
+            timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+    );
+    let started = Instant::now();
+    let (status, body, _) = get(&client(), &gw, "current-shop.default.example.com", "/", &[]).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("timeout"), "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(450));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_connect_retries_elsewhere() {
+    let gw = gateway(Limits::default()).await;
+    let live = app("v2", Duration::ZERO).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    gw.revisions
+        .set_endpoints("default", "shop-00002", &[dead, live]);
+    let c = client();
+    for _ in 0..20 {
+        let (s, b, _) = get(&c, &gw, "current-shop.default.example.com", "/", &[]).await;
+        assert_eq!((s, b.as_str()), (200, "v2"));
+    }
+    assert_eq!(
+        gw.revisions
+            .get("default", "shop-00002")
+            .throttler
+            .endpoints(),
+        1,
+        "the dead instance left the rotation"
+    );
+}
