@@ -3,9 +3,12 @@
 //!
 //! - `ebb-bench queue-proxy`: a trivial app reached directly, through the queue-proxy and
 //!   through nginx (one worker, keep-alive upstream), all on loopback.
+//! - `ebb-bench activator`: the gateway as a hop against nginx, memory per held request,
+//!   instance-ready to first response.
 //! - `ebb-bench autoscaler`: one KPA tick over 10,000 revisions, stat intake, poke latency.
 //! - `ebb-bench app --port N`: the trivial app (used by the above).
 
+mod gateway;
 mod kpa;
 mod load;
 mod procs;
@@ -21,7 +24,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
-fn arg(args: &[String], name: &str, default: &str) -> String {
+pub(crate) fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
@@ -39,6 +42,18 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(app(port))
         }
+        Some("gateway") => {
+            let port: u16 = arg(&args, "--port", "8080").parse()?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(gateway::gateway_process(port))
+        }
+        Some("activator") => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+            .block_on(gateway::run(&args)),
         Some("autoscaler") => kpa::run(arg(&args, "--revisions", "10000").parse()?),
         Some("queue-proxy") => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -47,7 +62,7 @@ fn main() -> anyhow::Result<()> {
             .block_on(queue_proxy_bench(&args)),
         _ => {
             eprintln!(
-                "usage: ebb-bench autoscaler [--revisions 10000]\n       ebb-bench queue-proxy [--queue-proxy-bin PATH] [--rate 1000] [--seconds 10] [--max-seconds 5] [--conns 32] [--max-conns 64]\n       ebb-bench app --port N"
+                "usage: ebb-bench activator [--rate 1000] [--seconds 10] [--max-seconds 5] [--held 10000]\n       ebb-bench autoscaler [--revisions 10000]\n       ebb-bench queue-proxy [--queue-proxy-bin PATH] [--rate 1000] [--seconds 10] [--max-seconds 5] [--conns 32] [--max-conns 64]\n       ebb-bench app --port N"
             );
             std::process::exit(2)
         }
