@@ -148,6 +148,8 @@ impl ProxyHttp for Gateway {
                 let mut peer = HttpPeer::new(lease.addr, false, String::new());
                 if rev.h2c() {
                     peer.options.set_http_version(2, 2);
+                    // pingora opens one stream per connection by default; share connections.
+                    peer.options.max_h2_streams = 100;
                 }
                 peer.options.connection_timeout = Some(std::time::Duration::from_secs(2));
                 ctx.lease = Some(lease);
@@ -263,7 +265,12 @@ impl ProxyHttp for Gateway {
 /// Serve the gateway on `listener` until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, gateway: Gateway, shutdown: watch::Receiver<bool>) {
     let conf = Arc::new(ServerConf::default());
-    let proxy: Arc<HttpProxy<Gateway>> = Arc::new(pingora_proxy::http_proxy(&conf, gateway));
+    let mut proxy = pingora_proxy::http_proxy(&conf, gateway);
+    // HTTP/2 with prior knowledge (gRPC) as well as HTTP/1.1 on the same port.
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.h2c = true;
+    proxy.server_options = Some(options);
+    let proxy: Arc<HttpProxy<Gateway>> = Arc::new(proxy);
     let mut stop = shutdown.clone();
     loop {
         tokio::select! {

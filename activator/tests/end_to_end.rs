@@ -1,0 +1,328 @@
+//! Client → gateway → queue-proxy → app, all over real loopback sockets: websockets, h2c with
+//! trailers, large streamed bodies and CloudEvents headers pass end to end.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use activator::gateway::{Gateway, serve};
+use activator::revisions::{RevisionSettings, Revisions};
+use activator::routes::{Listener, RoutingTable};
+use activator::throttler::Limits;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// /ws websocket echo, /trailers gRPC-like trailers, /upload counts bytes, /download?mb=N,
+/// /echo returns the request's ce-* headers and body.
+async fn app() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |mut req: http::Request<hyper::body::Incoming>| async move {
+                        let r = match req.uri().path() {
+                            "/ws" => {
+                                let key = req.headers().get("sec-websocket-key").cloned();
+                                let up = hyper::upgrade::on(&mut req);
+                                tokio::spawn(async move {
+                                    let Ok(up) = up.await else { return };
+                                    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                                        TokioIo::new(up),
+                                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                                        None,
+                                    )
+                                    .await;
+                                    let (mut tx, mut rx) = ws.split();
+                                    while let Some(Ok(m)) = rx.next().await {
+                                        if m.is_text() {
+                                            let _ = tx.send(m).await;
+                                        }
+                                    }
+                                });
+                                let accept =
+                                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+                                        key.as_ref().map_or(&b""[..], |k| k.as_bytes()),
+                                    );
+                                http::Response::builder()
+                                    .status(101)
+                                    .header("upgrade", "websocket")
+                                    .header("connection", "Upgrade")
+                                    .header("sec-websocket-accept", accept)
+                                    .body(full(""))
+                                    .unwrap()
+                            }
+                            "/trailers" => {
+                                let mut t = http::HeaderMap::new();
+                                t.insert("grpc-status", http::HeaderValue::from_static("0"));
+                                let frames = vec![
+                                    Ok::<_, std::io::Error>(http_body::Frame::data(
+                                        Bytes::from_static(b"pong"),
+                                    )),
+                                    Ok(http_body::Frame::trailers(t)),
+                                ];
+                                http::Response::new(BodyExt::boxed(StreamBody::new(
+                                    futures_util::stream::iter(frames),
+                                )))
+                            }
+                            "/upload" => {
+                                let mut n = 0usize;
+                                let mut b = req.into_body();
+                                while let Some(f) = b.frame().await {
+                                    n += f
+                                        .ok()
+                                        .and_then(|f| f.into_data().ok())
+                                        .map_or(0, |d| d.len());
+                                }
+                                http::Response::new(full(n.to_string()))
+                            }
+                            "/download" => {
+                                let chunk = Bytes::from(vec![b'd'; 64 * 1024]);
+                                let s = futures_util::stream::iter((0..160).map(move |_| {
+                                    Ok::<_, std::io::Error>(http_body::Frame::data(chunk.clone()))
+                                }));
+                                http::Response::new(BodyExt::boxed(StreamBody::new(s)))
+                            }
+                            _ => {
+                                let ce: HashMap<String, String> = req
+                                    .headers()
+                                    .iter()
+                                    .filter(|(k, _)| {
+                                        k.as_str().starts_with("ce-")
+                                            || k.as_str() == "content-type"
+                                    })
+                                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+                                    .collect();
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let out = serde_json::json!({"headers": ce, "body": String::from_utf8_lossy(&body)});
+                                http::Response::new(full(serde_json::to_vec(&out).unwrap()))
+                            }
+                        };
+                        Ok::<_, Infallible>(r)
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A queue-proxy (in this process, real sockets) in front of `app`; returns its serving address.
+async fn queue_proxy(app: SocketAddr, h2c: bool) -> SocketAddr {
+    let vars: HashMap<String, String> = [
+        ("QUEUE_BIND_ADDRESS", "127.0.0.1"),
+        ("QUEUE_SERVING_PORT", "0"),
+        ("QUEUE_ADMIN_PORT", "0"),
+        ("QUEUE_METRICS_PORT", "0"),
+        ("USER_METRICS_PORT", "0"),
+        ("SERVING_REVISION", "echo-00001"),
+        ("USER_PROTOCOL", if h2c { "h2c" } else { "http1" }),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .chain([("USER_PORT".to_string(), app.port().to_string())])
+    .collect();
+    let cfg = queue_proxy::Config::from_vars(&vars).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(queue_proxy::run(cfg, std::future::pending(), move |b| {
+        let _ = tx.send(b.serving);
+    }));
+    rx.await.unwrap()
+}
+
+async fn setup(h2c: bool) -> SocketAddr {
+    let route: serving_api::Route = serde_json::from_value(serde_json::json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Route",
+        "metadata": {"name": "echo", "namespace": "default"}, "spec": {},
+        "status": {"url": "http://echo.default.localhost", "traffic": [{"revisionName": "echo-00001", "percent": 100}]}
+    }))
+    .unwrap();
+    let (tx, routes) = tokio::sync::watch::channel(Arc::new(RoutingTable::build([&route])));
+    std::mem::forget(tx);
+    let revisions = Arc::new(Revisions::new(Limits::default()));
+    revisions.configure(
+        "default",
+        "echo-00001",
+        RevisionSettings {
+            container_concurrency: 10,
+            timeout: Duration::from_secs(30),
+            h2c,
+        },
+    );
+    let qp = queue_proxy(app().await, h2c).await;
+    // Published once the queue-proxy reports the app ready, as the local runtime does.
+    let probe = format!("http://{qp}/");
+    let c: hyper_util::client::legacy::Client<_, Body> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    for _ in 0..200 {
+        let req = http::Request::get(&probe)
+            .header("k-network-probe", "queue")
+            .body(full(""))
+            .unwrap();
+        if c.request(req)
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    revisions.set_endpoints("default", "echo-00001", &[qp]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(stop);
+    tokio::spawn(serve(
+        l,
+        Gateway {
+            routes,
+            revisions,
+            listener: Listener::External,
+            poke: Arc::new(|_, _, _| {}),
+        },
+        rx,
+    ));
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_through_activator_and_queue_proxy() {
+    let gw = setup(false).await;
+    let req = http::Request::get(format!("ws://{gw}/ws"))
+        .header("host", "echo.default.localhost")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .unwrap();
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket handshake end to end");
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
+            "m{i}"
+        )))
+        .await
+        .unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(3), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.into_text().unwrap().as_str(), format!("m{i}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_trailers_end_to_end() {
+    let gw = setup(true).await;
+    // An HTTP/2 client (as gRPC clients do) names the service in :authority, not Host.
+    let tcp = tokio::net::TcpStream::connect(gw).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("http://echo.default.localhost/trailers")
+        .header("content-type", "application/grpc")
+        .body(full("ping"))
+        .unwrap();
+    let r = h2.send_request(req).await.expect("h2c through the gateway");
+    let status = r.status();
+    if status != 200 {
+        let body = r
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        panic!("{status}: {}", String::from_utf8_lossy(&body));
+    }
+    let got = r.into_body().collect().await.unwrap();
+    assert_eq!(
+        got.trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .map(|v| v.to_str().unwrap().to_string()),
+        Some("0".into())
+    );
+    assert_eq!(got.to_bytes(), "pong");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_and_cloudevents_end_to_end() {
+    let gw = setup(false).await;
+    let c: hyper_util::client::legacy::Client<_, Body> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let chunk = Bytes::from(vec![b'u'; 64 * 1024]);
+    let up = futures_util::stream::iter(
+        (0..160).map(move |_| Ok::<_, std::io::Error>(http_body::Frame::data(chunk.clone()))),
+    );
+    let req = http::Request::post(format!("http://{gw}/upload"))
+        .header("host", "echo.default.localhost")
+        .body(BodyExt::boxed(StreamBody::new(up)))
+        .unwrap();
+    let r = c.request(req).await.unwrap();
+    assert_eq!(
+        r.into_body().collect().await.unwrap().to_bytes(),
+        (160 * 64 * 1024).to_string()
+    );
+    let req = http::Request::get(format!("http://{gw}/download"))
+        .header("host", "echo.default.localhost")
+        .body(full(""))
+        .unwrap();
+    let r = c.request(req).await.unwrap();
+    assert_eq!(
+        r.into_body().collect().await.unwrap().to_bytes().len(),
+        160 * 64 * 1024
+    );
+
+    let body = r#"{"order":42,"note":"ünïcödé"}"#;
+    let req = http::Request::post(format!("http://{gw}/"))
+        .header("host", "echo.default.localhost")
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "evt-1")
+        .header("ce-source", "urn:ebb:test")
+        .header("ce-type", "dev.ebb.order.created")
+        .header("ce-tenant", "acme")
+        .header("content-type", "application/json")
+        .body(full(body))
+        .unwrap();
+    let r = c.request(req).await.unwrap();
+    let seen: serde_json::Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(seen["body"], body);
+    for (k, v) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "evt-1"),
+        ("ce-source", "urn:ebb:test"),
+        ("ce-type", "dev.ebb.order.created"),
+        ("ce-tenant", "acme"),
+        ("content-type", "application/json"),
+    ] {
+        assert_eq!(seen["headers"][k], v, "{k}");
+    }
+}
