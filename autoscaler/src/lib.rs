@@ -10,6 +10,7 @@
 pub mod aggregation;
 pub mod collector;
 pub mod metrics;
+pub mod runner;
 pub mod scaler;
 pub mod scaling;
 

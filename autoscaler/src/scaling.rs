@@ -153,10 +153,10 @@ impl Decider {
                 .scale_to_zero_grace_period
                 .max(s.scale_to_zero_pod_retention);
             let seen_window = now.saturating_sub(self.created) >= s.stable_window;
-            if !self.cluster.enable_scale_to_zero
-                || !seen_window
-                || (o.ready > 0 && now.saturating_sub(since) < hold)
-            {
+            // Running instances are kept until the rule is met; none are started just to
+            // observe a window (a revision created at zero stays there until traffic comes).
+            let keep = o.ready > 0 && (!seen_window || now.saturating_sub(since) < hold);
+            if !self.cluster.enable_scale_to_zero || keep {
                 desired = 1;
             }
         } else {

@@ -1,0 +1,195 @@
+//! The autoscaler loop against real queue-proxies on loopback: it scrapes their stats, scales
+//! up under load, and decides at once on a poke.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use autoscaler::RevisionKey;
+use autoscaler::metrics::Metrics;
+use autoscaler::runner::{Instance, Runner};
+use autoscaler::scaler::{ScaleFuture, Scaler};
+use serving_api::config::AutoscalerConfig;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(Instant, i32)>>);
+
+impl Scaler for Recorder {
+    fn scale<'a>(&'a self, _key: &'a RevisionKey, desired: i32) -> ScaleFuture<'a> {
+        self.0.lock().unwrap().push((Instant::now(), desired));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+async fn slow_app() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(b"ok"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A queue-proxy in this process (real sockets): (serving, stats) addresses.
+async fn queue_proxy(app: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let vars: HashMap<String, String> = [
+        ("QUEUE_BIND_ADDRESS", "127.0.0.1"),
+        ("QUEUE_SERVING_PORT", "0"),
+        ("QUEUE_ADMIN_PORT", "0"),
+        ("QUEUE_METRICS_PORT", "0"),
+        ("USER_METRICS_PORT", "0"),
+        ("SERVING_REVISION", "load-00001"),
+        ("SERVING_POD", "load-00001-a"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .chain([("USER_PORT".to_string(), app.port().to_string())])
+    .collect();
+    let cfg = queue_proxy::Config::from_vars(&vars).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(queue_proxy::run(cfg, std::future::pending(), move |b| {
+        let _ = tx.send((b.serving, b.stats));
+    }));
+    rx.await.unwrap()
+}
+
+fn scaling(pairs: &[(&str, &str)]) -> serving_api::autoscaling::RevisionScaling {
+    let a: BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (format!("autoscaling.knative.dev/{k}"), v.to_string()))
+        .collect();
+    serving_api::autoscaling::resolve(&a, 0, &AutoscalerConfig::default(), "a").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_real_queue_proxies_and_scales_up() {
+    let (serving, stats) = queue_proxy(slow_app().await).await;
+    let recorder = Arc::new(Recorder::default());
+    let (runner, handle) = Runner::new(
+        &AutoscalerConfig::default(),
+        recorder.clone(),
+        Arc::new(Metrics::default()),
+    );
+    tokio::spawn(runner.run());
+    let key = RevisionKey::new("default", "load-00001");
+    // Target 2 × 70% = 1.4 concurrent per instance; ~20 in flight needs ~15.
+    handle.upsert(key.clone(), scaling(&[("target", "2"), ("window", "6s")]));
+    handle.instances(
+        key.clone(),
+        vec![Instance {
+            name: "load-00001-a".into(),
+            stats,
+        }],
+    );
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> =
+        (0..20)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let c: hyper_util::client::legacy::Client<
+                        _,
+                        http_body_util::Empty<bytes::Bytes>,
+                    > = hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .build_http();
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _ = c
+                            .request(
+                                http::Request::get(format!("http://{serving}/"))
+                                    .body(http_body_util::Empty::new())
+                                    .unwrap(),
+                            )
+                            .await;
+                    }
+                })
+            })
+            .collect();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut peak = 0;
+    while Instant::now() < deadline && peak < 10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak = recorder
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or(0);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for l in load {
+        let _ = l.await;
+    }
+    assert!(
+        peak >= 10,
+        "scaled to {peak} under ~20 concurrent requests at target 1.4"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poke_scales_from_zero_at_once() {
+    let recorder = Arc::new(Recorder::default());
+    // A revision that starts at zero (initial-scale 0).
+    let config = AutoscalerConfig {
+        allow_zero_initial_scale: true,
+        ..AutoscalerConfig::default()
+    };
+    let (runner, handle) = Runner::new(&config, recorder.clone(), Arc::new(Metrics::default()));
+    tokio::spawn(runner.run());
+    let key = RevisionKey::new("default", "cold-00001");
+    let mut a = BTreeMap::new();
+    a.insert(
+        "autoscaling.knative.dev/initial-scale".to_string(),
+        "0".to_string(),
+    );
+    handle.upsert(
+        key.clone(),
+        serving_api::autoscaling::resolve(&a, 0, &config, "a").unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        recorder.0.lock().unwrap().last().map(|(_, d)| *d),
+        Some(0),
+        "created at zero"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    recorder.0.lock().unwrap().clear();
+    let poked = Instant::now();
+    handle.poke(key, 1.0);
+    let mut first = None;
+    while poked.elapsed() < Duration::from_secs(1) {
+        if let Some((at, d)) = recorder.0.lock().unwrap().first().copied() {
+            first = Some((at.duration_since(poked), d));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (after, desired) = first.expect("the scaler was called");
+    assert_eq!(desired, 1);
+    assert!(
+        after < Duration::from_millis(100),
+        "poke to scale took {after:?}, not a 2 s tick"
+    );
+}
