@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,138 +13,73 @@ use activator::routes::{Listener, RoutingTable};
 use activator::throttler::Limits;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-type Body = BoxBody<Bytes, std::io::Error>;
+type Body = testkit::AppBody;
+use testkit::full;
 
-fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
-}
-
-/// /ws websocket echo, /trailers gRPC-like trailers, /upload counts bytes, /download?mb=N,
-/// /echo returns the request's ce-* headers and body.
+/// /ws websocket echo, /trailers gRPC-like trailers, /upload counts bytes, /download streams
+/// 10 MiB, anything else returns the request's ce-* headers and body.
 async fn app() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |mut req: http::Request<hyper::body::Incoming>| async move {
-                        let r = match req.uri().path() {
-                            "/ws" => {
-                                let key = req.headers().get("sec-websocket-key").cloned();
-                                let up = hyper::upgrade::on(&mut req);
-                                tokio::spawn(async move {
-                                    let Ok(up) = up.await else { return };
-                                    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                                        TokioIo::new(up),
-                                        tokio_tungstenite::tungstenite::protocol::Role::Server,
-                                        None,
-                                    )
-                                    .await;
-                                    let (mut tx, mut rx) = ws.split();
-                                    while let Some(Ok(m)) = rx.next().await {
-                                        if m.is_text() {
-                                            let _ = tx.send(m).await;
-                                        }
-                                    }
-                                });
-                                let accept =
-                                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(
-                                        key.as_ref().map_or(&b""[..], |k| k.as_bytes()),
-                                    );
-                                http::Response::builder()
-                                    .status(101)
-                                    .header("upgrade", "websocket")
-                                    .header("connection", "Upgrade")
-                                    .header("sec-websocket-accept", accept)
-                                    .body(full(""))
-                                    .unwrap()
-                            }
-                            "/trailers" => {
-                                let mut t = http::HeaderMap::new();
-                                t.insert("grpc-status", http::HeaderValue::from_static("0"));
-                                let frames = vec![
-                                    Ok::<_, std::io::Error>(http_body::Frame::data(
-                                        Bytes::from_static(b"pong"),
-                                    )),
-                                    Ok(http_body::Frame::trailers(t)),
-                                ];
-                                http::Response::new(BodyExt::boxed(StreamBody::new(
-                                    futures_util::stream::iter(frames),
-                                )))
-                            }
-                            "/upload" => {
-                                let mut n = 0usize;
-                                let mut b = req.into_body();
-                                while let Some(f) = b.frame().await {
-                                    n += f
-                                        .ok()
-                                        .and_then(|f| f.into_data().ok())
-                                        .map_or(0, |d| d.len());
-                                }
-                                http::Response::new(full(n.to_string()))
-                            }
-                            "/download" => {
-                                let chunk = Bytes::from(vec![b'd'; 64 * 1024]);
-                                let s = futures_util::stream::iter((0..160).map(move |_| {
-                                    Ok::<_, std::io::Error>(http_body::Frame::data(chunk.clone()))
-                                }));
-                                http::Response::new(BodyExt::boxed(StreamBody::new(s)))
-                            }
-                            _ => {
-                                let ce: HashMap<String, String> = req
-                                    .headers()
-                                    .iter()
-                                    .filter(|(k, _)| {
-                                        k.as_str().starts_with("ce-")
-                                            || k.as_str() == "content-type"
-                                    })
-                                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
-                                    .collect();
-                                let body = req.into_body().collect().await.unwrap().to_bytes();
-                                let out = serde_json::json!({"headers": ce, "body": String::from_utf8_lossy(&body)});
-                                http::Response::new(full(serde_json::to_vec(&out).unwrap()))
-                            }
-                        };
-                        Ok::<_, Infallible>(r)
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
-                    .await;
-            });
+    testkit::spawn_app(|mut req: http::Request<hyper::body::Incoming>| async move {
+        match req.uri().path() {
+            "/ws" => testkit::websocket_echo(&mut req),
+            "/trailers" => {
+                let mut t = http::HeaderMap::new();
+                t.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let frames = vec![
+                    Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from_static(b"pong"))),
+                    Ok(http_body::Frame::trailers(t)),
+                ];
+                http::Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                    frames,
+                ))))
+            }
+            "/upload" => {
+                let mut n = 0usize;
+                let mut b = req.into_body();
+                while let Some(f) = b.frame().await {
+                    n += f
+                        .ok()
+                        .and_then(|f| f.into_data().ok())
+                        .map_or(0, |d| d.len());
+                }
+                http::Response::new(full(n.to_string()))
+            }
+            "/download" => {
+                let chunk = Bytes::from(vec![b'd'; 64 * 1024]);
+                let s =
+                    futures_util::stream::iter((0..160).map(move |_| {
+                        Ok::<_, std::io::Error>(http_body::Frame::data(chunk.clone()))
+                    }));
+                http::Response::new(BodyExt::boxed(StreamBody::new(s)))
+            }
+            _ => {
+                let ce: HashMap<String, String> = req
+                    .headers()
+                    .iter()
+                    .filter(|(k, _)| k.as_str().starts_with("ce-") || k.as_str() == "content-type")
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+                    .collect();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let out =
+                    serde_json::json!({"headers": ce, "body": String::from_utf8_lossy(&body)});
+                http::Response::new(full(serde_json::to_vec(&out).unwrap()))
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
-/// A queue-proxy (in this process, real sockets) in front of `app`; returns its serving address.
 async fn queue_proxy(app: SocketAddr, h2c: bool) -> SocketAddr {
-    let vars: HashMap<String, String> = [
-        ("QUEUE_BIND_ADDRESS", "127.0.0.1"),
-        ("QUEUE_SERVING_PORT", "0"),
-        ("QUEUE_ADMIN_PORT", "0"),
-        ("QUEUE_METRICS_PORT", "0"),
-        ("USER_METRICS_PORT", "0"),
-        ("SERVING_REVISION", "echo-00001"),
-        ("USER_PROTOCOL", if h2c { "h2c" } else { "http1" }),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .chain([("USER_PORT".to_string(), app.port().to_string())])
-    .collect();
-    let cfg = queue_proxy::Config::from_vars(&vars).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(queue_proxy::run(cfg, std::future::pending(), move |b| {
-        let _ = tx.send(b.serving);
-    }));
-    rx.await.unwrap()
+    testkit::queue_proxy(
+        app,
+        "echo-00001",
+        &[("USER_PROTOCOL", if h2c { "h2c" } else { "http1" })],
+    )
+    .await
+    .serving
 }
 
 async fn setup(h2c: bool) -> SocketAddr {

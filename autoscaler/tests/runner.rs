@@ -2,8 +2,7 @@
 //! up under load, and decides at once on a poke.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
 
-use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,50 +24,17 @@ impl Scaler for Recorder {
 }
 
 async fn slow_app() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from_static(b"ok"),
-                    )))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    testkit::spawn_app(|_req| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        http::Response::new(testkit::full("ok"))
+    })
+    .await
 }
 
 /// A queue-proxy in this process (real sockets): (serving, stats) addresses.
 async fn queue_proxy(app: SocketAddr) -> (SocketAddr, SocketAddr) {
-    let vars: HashMap<String, String> = [
-        ("QUEUE_BIND_ADDRESS", "127.0.0.1"),
-        ("QUEUE_SERVING_PORT", "0"),
-        ("QUEUE_ADMIN_PORT", "0"),
-        ("QUEUE_METRICS_PORT", "0"),
-        ("USER_METRICS_PORT", "0"),
-        ("SERVING_REVISION", "load-00001"),
-        ("SERVING_POD", "load-00001-a"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .chain([("USER_PORT".to_string(), app.port().to_string())])
-    .collect();
-    let cfg = queue_proxy::Config::from_vars(&vars).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(queue_proxy::run(cfg, std::future::pending(), move |b| {
-        let _ = tx.send((b.serving, b.stats));
-    }));
-    rx.await.unwrap()
+    let b = testkit::queue_proxy(app, "load-00001", &[("SERVING_POD", "load-00001-a")]).await;
+    (b.serving, b.stats)
 }
 
 fn scaling(pairs: &[(&str, &str)]) -> serving_api::autoscaling::RevisionScaling {
@@ -101,30 +67,29 @@ async fn scrapes_real_queue_proxies_and_scales_up() {
     );
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load: Vec<_> =
-        (0..20)
-            .map(|_| {
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let c: hyper_util::client::legacy::Client<
+    let load: Vec<_> = (0..20)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let c: hyper_util::client::legacy::Client<
                         _,
                         http_body_util::Empty<bytes::Bytes>,
                     > = hyper_util::client::legacy::Client::builder(
                         hyper_util::rt::TokioExecutor::new(),
                     )
                     .build_http();
-                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        let _ = c
-                            .request(
-                                http::Request::get(format!("http://{serving}/"))
-                                    .body(http_body_util::Empty::new())
-                                    .unwrap(),
-                            )
-                            .await;
-                    }
-                })
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = c
+                        .request(
+                            http::Request::get(format!("http://{serving}/"))
+                                .body(http_body_util::Empty::new())
+                                .unwrap(),
+                        )
+                        .await;
+                }
             })
-            .collect();
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(8);
     let mut peak = 0;
     while Instant::now() < deadline && peak < 10 {

@@ -68,35 +68,7 @@ async fn app() -> std::net::SocketAddr {
                 );
                 r
             }
-            "/ws" => {
-                let key = req.headers().get("sec-websocket-key").cloned();
-                let upgrade = hyper::upgrade::on(&mut req);
-                tokio::spawn(async move {
-                    let Ok(up) = upgrade.await else { return };
-                    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                        hyper_util::rt::TokioIo::new(up),
-                        tokio_tungstenite::tungstenite::protocol::Role::Server,
-                        None,
-                    )
-                    .await;
-                    let (mut tx, mut rx) = ws.split();
-                    while let Some(Ok(msg)) = rx.next().await {
-                        if msg.is_text() || msg.is_binary() {
-                            let _ = tx.send(msg).await;
-                        }
-                    }
-                });
-                let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(
-                    key.as_ref().map_or(&b""[..], |k| k.as_bytes()),
-                );
-                http::Response::builder()
-                    .status(101)
-                    .header("upgrade", "websocket")
-                    .header("connection", "Upgrade")
-                    .header("sec-websocket-accept", accept)
-                    .body(empty())
-                    .unwrap()
-            }
+            "/ws" => testkit::websocket_echo(&mut req),
             _ => http::Response::new(full("ok")),
         }
     })

@@ -63,6 +63,14 @@ fn env_field(name: &str, path: &str) -> EnvVar {
     }
 }
 
+fn named(rev: &Revision) -> Result<String, BuildError> {
+    rev.metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or(BuildError::NoName)
+}
+
 /// Labels every workload object and pod of a revision carries.
 pub fn workload_labels(rev: &Revision) -> BTreeMap<String, String> {
     let name = rev.metadata.name.clone().unwrap_or_default();
@@ -85,12 +93,7 @@ pub fn desired_deployment(
     cfg: &DeploymentConfig,
     replicas: Option<i32>,
 ) -> Result<Deployment, BuildError> {
-    let name = rev
-        .metadata
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or(BuildError::NoName)?;
+    let name = named(rev)?;
     let spec = &rev.spec;
     let serving = spec
         .serving_container_index()
@@ -354,12 +357,7 @@ fn queue_container(
 /// The Kubernetes Service selecting a revision's pods; its EndpointSlices tell the activator
 /// where the ready instances are.
 pub fn desired_service(rev: &Revision) -> Result<KubeService, BuildError> {
-    let name = rev
-        .metadata
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or(BuildError::NoName)?;
+    let name = named(rev)?;
     let (_, h2c) = rev.spec.serving_port();
     let port = |n: &str, p: i32, target: i32, app: Option<&str>| ServicePort {
         name: Some(n.into()),

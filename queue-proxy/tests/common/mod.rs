@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -11,44 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::Request;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioExecutor;
 
-pub type AppBody = BoxBody<Bytes, std::io::Error>;
-
-pub fn full(b: impl Into<Bytes>) -> AppBody {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
-}
-
-/// Serve `handler` on 127.0.0.1:0 (HTTP/1 and h2c); returns the address.
-pub async fn spawn_app<H, F>(handler: H) -> SocketAddr
-where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: std::future::Future<Output = Response<AppBody>> + Send + 'static,
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let h = handler.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let f = h(req);
-                    async move { Ok::<_, Infallible>(f.await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
+pub use testkit::{AppBody, full, spawn_app};
 
 #[derive(Debug, serde::Deserialize)]
 pub struct Bound {
@@ -122,17 +88,7 @@ impl QueueProxy {
 
     /// Peak and current resident memory in KiB, from /proc.
     pub fn memory_kib(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmHWM:"), field("VmRSS:"))
+        testkit::memory_kib(self.pid())
     }
 
     /// Wait for the app to be reported ready.
