@@ -4,7 +4,7 @@
 //!
 //! The gateway runs as a child process (`ebb-bench gateway`) serving one route,
 //! `bench.default.localhost` → revision `bench-00001`, whose instances are set by lines on its
-//! stdin (`ready ADDR`, `zero`), the way a backend publishes endpoints.
+//! stdin (`ready ADDR`, `zero`, `cc N`), the way a backend publishes endpoints.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -50,6 +50,14 @@ pub async fn gateway_process(port: u16) -> anyhow::Result<()> {
         match line.split_whitespace().collect::<Vec<_>>().as_slice() {
             ["ready", addr] => revisions.set_endpoints("default", "bench-00001", &[addr.parse()?]),
             ["zero"] => revisions.set_endpoints("default", "bench-00001", &[]),
+            ["cc", n] => revisions.configure(
+                "default",
+                "bench-00001",
+                activator::revisions::RevisionSettings {
+                    container_concurrency: n.parse()?,
+                    ..Default::default()
+                },
+            ),
             _ => {}
         }
     }
@@ -150,25 +158,45 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         through.3 / nginx.3
     );
 
-    // Held requests: at zero, `held` connections each send one request and wait.
+    // Held requests: at zero, `held` connections each send one request and wait. The revision
+    // takes 100 at a time per instance (containerConcurrency 100), so releasing them opens
+    // ~100 upstream connections, not one per request (which would also exceed this machine's
+    // 20,000 file descriptors).
+    gw.say("cc 100")?;
     gw.say("zero")?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (_, rss_before) = gw.proc.rss_kib();
     let mut waiting = Vec::with_capacity(held);
     for _ in 0..held {
         let mut c = load::Conn::open(gw.addr, HOST).await?;
-        waiting.push(tokio::spawn(async move { c.get("/").await }));
+        waiting.push(tokio::spawn(async move { c.get_status("/").await }));
     }
     // Let every request reach the gateway's queue.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, rss_held) = gw.proc.rss_kib();
     let released = Instant::now();
     gw.say(&format!("ready {app_addr}"))?;
-    let mut ok = 0;
+    let (mut ok, mut not_ok, mut failed) = (0, 0, Vec::new());
     for w in waiting {
-        if matches!(w.await?, Ok(true)) {
-            ok += 1;
+        match w.await? {
+            Ok((200, _)) => ok += 1,
+            Ok((status, body)) => {
+                not_ok += 1;
+                failed.push(format!(
+                    "{status} {}",
+                    String::from_utf8_lossy(&body).trim()
+                ));
+            }
+            Err(e) => failed.push(e.to_string()),
         }
+    }
+    if not_ok + failed.len() > 0 {
+        failed.sort();
+        failed.dedup();
+        println!(
+            "held requests not answered 200: {} ({not_ok} with another status): {failed:?}",
+            held - ok
+        );
     }
     let drained = released.elapsed();
     let per_request = (rss_held.saturating_sub(rss_before)) as f64 * 1024.0 / held as f64;

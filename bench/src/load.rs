@@ -38,14 +38,19 @@ impl Conn {
 
     /// One GET; Ok(true) when the answer was 200 and fully read.
     pub async fn get(&mut self, path: &str) -> anyhow::Result<bool> {
+        Ok(self.get_status(path).await?.0 == 200)
+    }
+
+    /// One GET: status and body.
+    pub async fn get_status(&mut self, path: &str) -> anyhow::Result<(u16, Bytes)> {
         self.sender.ready().await?;
         let req = http::Request::get(path)
             .header("host", &self.host)
             .body(Empty::new())?;
         let resp = self.sender.send_request(req).await?;
-        let ok = resp.status() == 200;
-        resp.into_body().collect().await?;
-        Ok(ok)
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
     }
 }
 
