@@ -35,6 +35,7 @@ pub struct Gateway {
     pub revisions: Arc<Revisions>,
     pub listener: Listener,
     pub poke: Poke,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -52,6 +53,7 @@ pub struct Ctx {
     lease: Option<Lease>,
     /// Set for errors we classify ourselves (status, reason).
     refusal: Option<(u16, String)>,
+    route: Option<String>,
 }
 
 fn host_of(req: &RequestHeader) -> String {
@@ -120,7 +122,9 @@ impl ProxyHttp for Gateway {
             .await;
             return Ok(true);
         };
+        self.metrics.arrived(&target.namespace, revision);
         ctx.revision = Some(self.revisions.get(&target.namespace, revision));
+        ctx.route = Some(target.route.clone());
         Ok(false)
     }
 
@@ -143,7 +147,11 @@ impl ProxyHttp for Gateway {
         if throttler.endpoints() == 0 {
             (self.poke)(&rev.namespace, &rev.name, throttler.queued() + 1);
         }
-        match tokio::time::timeout_at(deadline.into(), throttler.acquire(bytes)).await {
+        let waiting = Instant::now();
+        let acquired = tokio::time::timeout_at(deadline.into(), throttler.acquire(bytes)).await;
+        self.metrics
+            .waited(&rev.namespace, &rev.name, waiting.elapsed());
+        match acquired {
             Ok(Ok(lease)) => {
                 let mut peer = HttpPeer::new(lease.addr, false, String::new());
                 if rev.h2c() {
@@ -256,9 +264,17 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         // The response is complete: give the instance's slot back.
         ctx.lease = None;
+        if let (Some(rev), Some(route)) = (&ctx.revision, &ctx.route) {
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            let took = ctx
+                .started
+                .map_or(std::time::Duration::ZERO, |s| s.elapsed());
+            self.metrics
+                .request(&rev.namespace, route, &rev.name, status, took);
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! zero. The proxy that drives both (pingora) is wired on top; these modules do no I/O.
 
 pub mod gateway;
+pub mod metrics;
 pub mod revisions;
 pub mod routes;
 pub mod throttler;

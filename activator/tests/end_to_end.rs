@@ -131,6 +131,7 @@ async fn setup(h2c: bool) -> SocketAddr {
             routes,
             revisions,
             listener: Listener::External,
+            metrics: Default::default(),
             poke: Arc::new(|_, _, _| {}),
         },
         rx,

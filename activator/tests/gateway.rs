@@ -70,6 +70,7 @@ fn shop_route() -> serving_api::Route {
 struct Gw {
     addr: SocketAddr,
     revisions: Arc<Revisions>,
+    metrics: Arc<activator::metrics::Metrics>,
     pokes: Arc<AtomicUsize>,
     _stop: tokio::sync::watch::Sender<bool>,
 }
@@ -81,10 +82,12 @@ async fn gateway(limits: Limits) -> Gw {
     let revisions = Arc::new(Revisions::new(limits));
     let pokes = Arc::new(AtomicUsize::new(0));
     let p = pokes.clone();
+    let metrics = Arc::new(activator::metrics::Metrics::default());
     let gw = Gateway {
         routes,
         revisions: revisions.clone(),
         listener: Listener::External,
+        metrics: metrics.clone(),
         poke: Arc::new(move |_, _, _| {
             p.fetch_add(1, Ordering::SeqCst);
         }),
@@ -96,6 +99,7 @@ async fn gateway(limits: Limits) -> Gw {
     Gw {
         addr,
         revisions,
+        metrics,
         pokes,
         _stop: stop,
     }
@@ -389,4 +393,75 @@ async fn failed_connect_retries_elsewhere() {
         1,
         "the dead instance left the rotation"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_concurrency_reports() {
+    let gw = gateway(Limits::default()).await;
+    gw.revisions.configure(
+        "default",
+        "shop-00002",
+        RevisionSettings {
+            timeout: Duration::from_secs(10),
+            ..Default::default()
+        },
+    );
+    let c = client();
+    let gwr = &gw;
+    // Two requests wait at zero while the gateway samples demand; then an instance appears.
+    let held = tokio::spawn({
+        let c = c.clone();
+        let addr = gw.addr;
+        async move {
+            let req = |_| {
+                let c = c.clone();
+                async move {
+                    let r = c
+                        .request(
+                            http::Request::get(format!("http://{addr}/"))
+                                .header("host", "current-shop.default.example.com")
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        )
+                        .await
+                        .unwrap();
+                    r.status().as_u16()
+                }
+            };
+            futures_util::future::join_all((0..2).map(req)).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        gw.metrics.sample(&gw.revisions);
+    }
+    let report = gw.metrics.report("activator-0", Duration::from_secs(1));
+    let stat = report
+        .iter()
+        .find(|(_, rev, _)| rev == "shop-00002")
+        .map(|(_, _, s)| s.clone())
+        .expect("a report for the held revision");
+    assert!((stat.average_concurrency - 2.0).abs() < 1e-9, "{stat:?}");
+    assert_eq!(stat.request_count, 2.0);
+    gw.revisions
+        .set_endpoints("default", "shop-00002", &[app("v2", Duration::ZERO).await]);
+    assert_eq!(held.await.unwrap(), vec![200, 200]);
+    let _ = get(&c, gwr, "nope.default.example.com", "/", &[]).await;
+    let text = gw.metrics.encode(&gw.revisions);
+    for want in [
+        "activator_request_count_total{namespace_name=\"default\",route_name=\"shop\",revision_name=\"shop-00002\",response_code_class=\"2xx\"} 2",
+        "activator_endpoint_wait_seconds_count{namespace_name=\"default\",revision_name=\"shop-00002\"} 2",
+        "activator_endpoints{namespace_name=\"default\",revision_name=\"shop-00002\"} 1",
+        "activator_queue_depth{namespace_name=\"default\",revision_name=\"shop-00002\"} 0",
+    ] {
+        assert!(text.contains(want), "missing {want}\n{text}");
+    }
+    // The two cold-start waits were each at least the 300 ms before the instance appeared.
+    let sum: f64 = text
+        .lines()
+        .find(|l| l.starts_with("activator_endpoint_wait_seconds_sum{") && l.contains("shop-00002"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("wait sum");
+    assert!(sum >= 0.55, "cold-start waits summed to {sum}");
 }

@@ -37,6 +37,7 @@ enum Event {
     Remove(RevisionKey),
     Instances(RevisionKey, Vec<Instance>),
     Poke(RevisionKey, f64),
+    Activator(RevisionKey, wire::Stat),
 }
 
 /// How the backend talks to the running autoscaler. Cheap to clone.
@@ -55,6 +56,10 @@ impl Handle {
     /// The ready instances of a revision (replaces the previous set).
     pub fn instances(&self, key: RevisionKey, instances: Vec<Instance>) {
         let _ = self.tx.send(Event::Instances(key, instances));
+    }
+    /// The activator's per-second report for a revision (requests it holds or forwards).
+    pub fn activator_stat(&self, key: RevisionKey, stat: wire::Stat) {
+        let _ = self.tx.send(Event::Activator(key, stat));
     }
     /// The activator holds `demand` requests for a revision: decide now.
     pub fn poke(&self, key: RevisionKey, demand: f64) {
@@ -194,6 +199,10 @@ impl Runner {
                         self.instances.insert(key, list);
                     }
                     Some(Event::Poke(key, demand)) => self.decide(&key, Some(demand)).await,
+                    Some(Event::Activator(key, stat)) => {
+                        let now = self.now();
+                        self.autoscaler.record(&key, now, &stat, Source::Activator);
+                    }
                 },
                 _ = scrape.tick() => self.scrape().await,
                 _ = tick.tick() => {

@@ -158,3 +158,43 @@ async fn poke_scales_from_zero_at_once() {
         "poke to scale took {after:?}, not a 2 s tick"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activator_reports_drive_the_next_tick() {
+    let recorder = Arc::new(Recorder::default());
+    let config = AutoscalerConfig {
+        allow_zero_initial_scale: true,
+        ..AutoscalerConfig::default()
+    };
+    let (runner, handle) = Runner::new(&config, recorder.clone(), Arc::new(Metrics::default()));
+    tokio::spawn(runner.run());
+    let key = RevisionKey::new("default", "held-00001");
+    let mut a = BTreeMap::new();
+    a.insert(
+        "autoscaling.knative.dev/initial-scale".to_string(),
+        "0".to_string(),
+    );
+    handle.upsert(
+        key.clone(),
+        serving_api::autoscaling::resolve(&a, 0, &config, "a").unwrap(),
+    );
+    // 140 requests held by the activator, reported each second (target 70 per instance).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut desired = 0;
+    while Instant::now() < deadline && desired < 2 {
+        let stat = wire::Stat {
+            pod_name: "activator-0".into(),
+            average_concurrency: 140.0,
+            request_count: 140.0,
+            window: 1.0,
+            ..wire::Stat::default()
+        };
+        handle.activator_stat(key.clone(), stat);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        desired = recorder.0.lock().unwrap().last().map_or(0, |(_, d)| *d);
+    }
+    assert!(
+        desired >= 2,
+        "the held demand scaled the revision: {desired}"
+    );
+}

@@ -38,6 +38,7 @@ pub async fn gateway_process(port: u16) -> anyhow::Result<()> {
         routes,
         revisions: revisions.clone(),
         listener: Listener::External,
+        metrics: Default::default(),
         poke: Arc::new(|_, _, _| {}),
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
