@@ -278,8 +278,25 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// Serve the gateway on `listener` until `shutdown` turns true.
+/// How long a shutdown waits for in-flight and queued requests: well under Kubernetes' default
+/// 30 s termination grace, so the pod exits on its own before it is killed.
+pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Serve the gateway on `listener` until `shutdown` turns true, then drain (see
+/// [`serve_with_grace`]) with [`DEFAULT_GRACE`].
 pub async fn serve(listener: TcpListener, gateway: Gateway, shutdown: watch::Receiver<bool>) {
+    serve_with_grace(listener, gateway, shutdown, DEFAULT_GRACE).await;
+}
+
+/// Serve until `shutdown` turns true; then stop accepting, let every open connection finish
+/// its in-flight or queued request (keep-alive ends after it), and return once all are done
+/// or `grace` has passed.
+pub async fn serve_with_grace(
+    listener: TcpListener,
+    gateway: Gateway,
+    shutdown: watch::Receiver<bool>,
+    grace: std::time::Duration,
+) {
     let conf = Arc::new(ServerConf::default());
     let mut proxy = pingora_proxy::http_proxy(&conf, gateway);
     // HTTP/2 with prior knowledge (gRPC) as well as HTTP/1.1 on the same port.
@@ -287,6 +304,7 @@ pub async fn serve(listener: TcpListener, gateway: Gateway, shutdown: watch::Rec
     options.h2c = true;
     proxy.server_options = Some(options);
     let proxy: Arc<HttpProxy<Gateway>> = Arc::new(proxy);
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut stop = shutdown.clone();
     loop {
         tokio::select! {
@@ -298,6 +316,8 @@ pub async fn serve(listener: TcpListener, gateway: Gateway, shutdown: watch::Rec
                 let _ = tcp.set_nodelay(true);
                 let proxy = proxy.clone();
                 let shutdown = shutdown.clone();
+                let open = open.clone();
+                open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     use pingora_core::apps::ServerApp;
                     use std::os::fd::AsRawFd;
@@ -308,13 +328,29 @@ pub async fn serve(listener: TcpListener, gateway: Gateway, shutdown: watch::Rec
                     let _ = digest.peer_addr.set(Some(peer.into()));
                     l4.set_socket_digest(digest);
                     let mut stream: Stream = Box::new(l4);
-                    // Keep-alive: pingora hands the connection back while it is reusable.
+                    // Keep-alive: pingora hands the connection back while it is reusable (it
+                    // stops doing so once `shutdown` is true).
                     while let Some(s) = proxy.process_new(stream, &shutdown).await {
+                        if *shutdown.borrow() {
+                            break;
+                        }
                         stream = s;
                     }
+                    open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
         }
+    }
+    drop(listener);
+    // Connections idle between keep-alive requests are closed now; busy ones after their
+    // current request.
+    {
+        use pingora_core::apps::HttpServerApp;
+        proxy.http_cleanup().await;
+    }
+    let deadline = Instant::now() + grace;
+    while open.load(std::sync::atomic::Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

@@ -465,3 +465,71 @@ async fn metrics_and_concurrency_reports() {
         .expect("wait sum");
     assert!(sum >= 0.55, "cold-start waits summed to {sum}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_and_queued() {
+    let table = Arc::new(RoutingTable::build([&shop_route()]));
+    let (_tx, routes) = tokio::sync::watch::channel(table);
+    let revisions = Arc::new(Revisions::new(Limits::default()));
+    revisions.configure(
+        "default",
+        "shop-00002",
+        RevisionSettings {
+            container_concurrency: 1,
+            timeout: Duration::from_secs(10),
+            h2c: false,
+        },
+    );
+    revisions.set_endpoints(
+        "default",
+        "shop-00002",
+        &[app("slow", Duration::from_millis(400)).await],
+    );
+    let gw = Gateway {
+        routes,
+        revisions,
+        listener: Listener::External,
+        poke: Arc::new(|_, _, _| {}),
+        metrics: Default::default(),
+    };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(activator::gateway::serve_with_grace(
+        l,
+        gw,
+        rx,
+        Duration::from_secs(5),
+    ));
+    let c = client();
+    // One request at the instance, one queued behind it (containerConcurrency 1).
+    let send = |c: Client| async move {
+        let req = http::Request::get(format!("http://{addr}/"))
+            .header("host", "current-shop.default.example.com")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        c.request(req)
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let a = tokio::spawn(send(c.clone()));
+    let b = tokio::spawn(send(c.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = std::time::Instant::now();
+    stop.send(true).unwrap();
+    assert_eq!(
+        (a.await.unwrap(), b.await.unwrap()),
+        (200, 200),
+        "in-flight and queued requests finish"
+    );
+    tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .expect("serve returns after draining")
+        .unwrap();
+    assert!(stopped.elapsed() < Duration::from_secs(3));
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
