@@ -122,8 +122,10 @@ impl ProxyHttp for Gateway {
             .await;
             return Ok(true);
         };
-        self.metrics.arrived(&target.namespace, revision);
-        ctx.revision = Some(self.revisions.get(&target.namespace, revision));
+        let rev = self.revisions.get(&target.namespace, revision);
+        rev.arrivals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.revision = Some(rev);
         ctx.route = Some(target.route.clone());
         Ok(false)
     }
@@ -142,7 +144,7 @@ impl ProxyHttp for Gateway {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>()
-            + req.uri.to_string().len();
+            + req.uri.path_and_query().map_or(0, |p| p.as_str().len());
         let throttler = rev.throttler.clone();
         if throttler.endpoints() == 0 {
             (self.poke)(&rev.namespace, &rev.name, throttler.queued() + 1);

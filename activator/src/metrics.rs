@@ -31,8 +31,8 @@ pub struct RevisionLabels {
 
 type IntGauge = Gauge<i64, AtomicI64>;
 
-/// Per revision since the last report: (sum of demand samples, number of samples, arrivals).
-type Demand = (f64, u32, u64);
+/// Per revision since the last report: (sum of demand samples, number of samples).
+type Demand = (f64, u32);
 
 fn latency_buckets() -> Histogram {
     // 100 µs .. ~52 s.
@@ -150,13 +150,6 @@ impl Metrics {
         self.wait.get_or_create(&r).observe(waited.as_secs_f64());
     }
 
-    /// Count an arrival for the next concurrency report.
-    pub fn arrived(&self, namespace: &str, revision: &str) {
-        if let Ok(mut s) = self.samples.lock() {
-            s.entry((namespace.into(), revision.into())).or_default().2 += 1;
-        }
-    }
-
     /// Take one sample of every revision's demand (in flight + queued); call it often (e.g.
     /// every 100 ms) so that the per-second report is an average, not a snapshot.
     pub fn sample(&self, revisions: &Revisions) {
@@ -173,11 +166,33 @@ impl Metrics {
 
     /// The stats the activator reports to the autoscaler for the last window, one per revision
     /// with any demand; the window restarts.
-    pub fn report(&self, pod: &str, window: Duration) -> Vec<(String, String, wire::Stat)> {
+    pub fn report(
+        &self,
+        revisions: &Revisions,
+        pod: &str,
+        window: Duration,
+    ) -> Vec<(String, String, wire::Stat)> {
         let Ok(mut s) = self.samples.lock() else {
             return Vec::new();
         };
+        let mut arrivals: HashMap<(String, String), u64> = revisions
+            .all()
+            .iter()
+            .map(|r| {
+                (
+                    (r.namespace.clone(), r.name.clone()),
+                    r.arrivals.swap(0, std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .collect();
+        for key in arrivals.keys() {
+            s.entry(key.clone()).or_default();
+        }
         s.drain()
+            .map(|(key, (sum, n))| {
+                let a = arrivals.remove(&key).unwrap_or(0);
+                (key, (sum, n, a))
+            })
             .filter(|(_, (sum, _, arrivals))| *sum > 0.0 || *arrivals > 0)
             .map(|((ns, rev), (sum, n, arrivals))| {
                 let stat = wire::Stat {
@@ -227,26 +242,29 @@ mod tests {
         r.throttler
             .set_endpoints(&["127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}"))]);
         let m = Metrics::default();
-        m.arrived("default", "hello-00001");
+        r.arrivals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         m.sample(&revisions); // 0 in flight
         let lease = r
             .throttler
             .acquire(0)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        m.arrived("default", "hello-00001");
+        r.arrivals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         m.sample(&revisions); // 1
         m.sample(&revisions); // 1
         drop(lease);
         m.sample(&revisions); // 0
-        let report = m.report("activator-0", Duration::from_secs(1));
+        let report = m.report(&revisions, "activator-0", Duration::from_secs(1));
         assert_eq!(report.len(), 1);
         let (ns, rev, stat) = &report[0];
         assert_eq!((ns.as_str(), rev.as_str()), ("default", "hello-00001"));
         assert!((stat.average_concurrency - 0.5).abs() < 1e-9, "{stat:?}");
         assert_eq!(stat.request_count, 2.0);
         assert!(
-            m.report("activator-0", Duration::from_secs(1)).is_empty(),
+            m.report(&revisions, "activator-0", Duration::from_secs(1))
+                .is_empty(),
             "the window restarted"
         );
         m.request(

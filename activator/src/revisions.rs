@@ -19,6 +19,8 @@ pub struct RevisionState {
     pub throttler: Arc<Throttler>,
     timeout_ms: std::sync::atomic::AtomicU64,
     h2c: std::sync::atomic::AtomicBool,
+    /// Requests routed here since the last concurrency report.
+    pub arrivals: std::sync::atomic::AtomicU64,
 }
 
 impl RevisionState {
@@ -51,7 +53,9 @@ impl Default for RevisionSettings {
 #[derive(Debug, Default)]
 pub struct Revisions {
     limits: Limits,
-    map: RwLock<HashMap<(String, String), Arc<RevisionState>>>,
+    /// namespace → revision → state; nested so that lookups borrow the names (no allocation
+    /// per request).
+    map: RwLock<HashMap<String, HashMap<String, Arc<RevisionState>>>>,
 }
 
 impl Revisions {
@@ -63,12 +67,19 @@ impl Revisions {
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Arc<RevisionState> {
-        let key = (namespace.to_string(), name.to_string());
-        if let Some(r) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(r) = self
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(namespace)
+            .and_then(|m| m.get(name))
+        {
             return r.clone();
         }
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(key)
+        map.entry(namespace.to_string())
+            .or_default()
+            .entry(name.to_string())
             .or_insert_with(|| {
                 let s = RevisionSettings::default();
                 Arc::new(RevisionState {
@@ -77,6 +88,7 @@ impl Revisions {
                     throttler: Throttler::new(name, s.container_concurrency, self.limits),
                     timeout_ms: (s.timeout.as_millis() as u64).into(),
                     h2c: s.h2c.into(),
+                    arrivals: 0.into(),
                 })
             })
             .clone()
@@ -100,11 +112,7 @@ impl Revisions {
     }
 
     pub fn all(&self) -> Vec<Arc<RevisionState>> {
-        self.map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.values().flat_map(|m| m.values().cloned()).collect()
     }
 }

@@ -192,7 +192,16 @@ impl RoutingTable {
 
     /// The target for a request's Host, as seen on `listener`.
     pub fn lookup(&self, host: &str, listener: Listener) -> Option<&Arc<Target>> {
-        let e = self.hosts.get(&normalize_host(host))?;
+        // Most Host headers are already lower-case without port: look them up as they are.
+        let plain = !host
+            .bytes()
+            .any(|b| b.is_ascii_uppercase() || b == b':' || b == b' ')
+            && !host.ends_with('.');
+        let e = if plain {
+            self.hosts.get(host)
+        } else {
+            self.hosts.get(&normalize_host(host))
+        }?;
         (e.public || listener == Listener::Internal).then_some(&e.target)
     }
 

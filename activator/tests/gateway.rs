@@ -435,7 +435,9 @@ async fn metrics_and_concurrency_reports() {
     for _ in 0..5 {
         gw.metrics.sample(&gw.revisions);
     }
-    let report = gw.metrics.report("activator-0", Duration::from_secs(1));
+    let report = gw
+        .metrics
+        .report(&gw.revisions, "activator-0", Duration::from_secs(1));
     let stat = report
         .iter()
         .find(|(_, rev, _)| rev == "shop-00002")
