@@ -8,6 +8,7 @@
 
 pub mod gateway;
 pub mod metrics;
+pub mod probe;
 pub mod revisions;
 pub mod routes;
 pub mod throttler;

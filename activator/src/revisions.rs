@@ -21,6 +21,8 @@ pub struct RevisionState {
     h2c: std::sync::atomic::AtomicBool,
     /// Requests routed here since the last concurrency report.
     pub arrivals: std::sync::atomic::AtomicU64,
+    /// Instances announced by the backend and those that answered a probe.
+    pub(crate) candidates: crate::probe::SharedCandidates,
 }
 
 impl RevisionState {
@@ -89,6 +91,7 @@ impl Revisions {
                     timeout_ms: (s.timeout.as_millis() as u64).into(),
                     h2c: s.h2c.into(),
                     arrivals: 0.into(),
+                    candidates: Default::default(),
                 })
             })
             .clone()
@@ -106,7 +109,14 @@ impl Revisions {
             .set_container_concurrency(s.container_concurrency);
     }
 
-    /// Publish a revision's ready instances.
+    /// Announce a revision's instances; each is used once its queue-proxy answers a probe.
+    /// Needs a Tokio runtime (probes run as tasks).
+    pub fn announce(&self, namespace: &str, name: &str, addrs: &[SocketAddr]) {
+        crate::probe::announce(&self.get(namespace, name), addrs);
+    }
+
+    /// Publish a revision's ready instances directly, without probing (the backend vouches
+    /// for them).
     pub fn set_endpoints(&self, namespace: &str, name: &str, addrs: &[SocketAddr]) {
         self.get(namespace, name).throttler.set_endpoints(addrs);
     }

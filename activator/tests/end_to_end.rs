@@ -261,3 +261,99 @@ async fn streaming_and_cloudevents_end_to_end() {
         assert_eq!(seen["headers"][k], v, "{k}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_instance_is_used_as_soon_as_its_queue_proxy_answers() {
+    // Reserve the app's port; the app starts listening only after 300 ms (a slow start).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let qp = testkit::queue_proxy(app_addr, "slow-00001", &[])
+        .await
+        .serving;
+
+    let route: serving_api::Route = serde_json::from_value(serde_json::json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Route",
+        "metadata": {"name": "slow", "namespace": "default"}, "spec": {},
+        "status": {"url": "http://slow.default.localhost", "traffic": [{"revisionName": "slow-00001", "percent": 100}]}
+    }))
+    .unwrap();
+    let (tx, routes) = tokio::sync::watch::channel(Arc::new(RoutingTable::build([&route])));
+    std::mem::forget(tx);
+    let revisions = Arc::new(Revisions::new(Limits::default()));
+    revisions.configure(
+        "default",
+        "slow-00001",
+        RevisionSettings {
+            timeout: Duration::from_secs(10),
+            ..Default::default()
+        },
+    );
+    // Announced before it can serve: the gateway probes it instead of sending requests to it.
+    revisions.announce("default", "slow-00001", &[qp]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = l.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(stop);
+    tokio::spawn(serve(
+        l,
+        Gateway {
+            routes,
+            revisions: revisions.clone(),
+            listener: Listener::External,
+            poke: Arc::new(|_, _, _| {}),
+            metrics: Default::default(),
+        },
+        rx,
+    ));
+    let c: hyper_util::client::legacy::Client<_, Body> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let started = std::time::Instant::now();
+    let pending = tokio::spawn(async move {
+        let req = http::Request::get(format!("http://{gw}/"))
+            .header("host", "slow.default.localhost")
+            .body(full(""))
+            .unwrap();
+        c.request(req)
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        revisions.get("default", "slow-00001").throttler.endpoints(),
+        0,
+        "not used before it answers"
+    );
+    let listener = tokio::net::TcpListener::bind(app_addr).await.unwrap();
+    let opened = std::time::Instant::now();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(full("up")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    assert_eq!(
+        pending.await.unwrap(),
+        200,
+        "the held request is answered, never a 502"
+    );
+    let after_open = opened.elapsed();
+    assert!(
+        after_open < Duration::from_millis(500),
+        "answered {after_open:?} after the app opened its port"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
