@@ -82,15 +82,32 @@ async fn queue_proxy(app: SocketAddr, h2c: bool) -> SocketAddr {
     .serving
 }
 
-async fn setup(h2c: bool) -> SocketAddr {
-    let route: serving_api::Route = serde_json::from_value(serde_json::json!({
+/// A gateway serving `http://{route}.default.localhost` → `revision` (100%).
+async fn gateway_for(route: &str, revision: &str, revisions: Arc<Revisions>) -> SocketAddr {
+    let r: serving_api::Route = serde_json::from_value(serde_json::json!({
         "apiVersion": "serving.knative.dev/v1", "kind": "Route",
-        "metadata": {"name": "echo", "namespace": "default"}, "spec": {},
-        "status": {"url": "http://echo.default.localhost", "traffic": [{"revisionName": "echo-00001", "percent": 100}]}
+        "metadata": {"name": route, "namespace": "default"}, "spec": {},
+        "status": {"url": format!("http://{route}.default.localhost"), "traffic": [{"revisionName": revision, "percent": 100}]}
     }))
     .unwrap();
-    let (tx, routes) = tokio::sync::watch::channel(Arc::new(RoutingTable::build([&route])));
+    let (tx, routes) = tokio::sync::watch::channel(Arc::new(RoutingTable::build([&r])));
     std::mem::forget(tx);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(stop);
+    let gw = Gateway {
+        routes,
+        revisions,
+        listener: Listener::External,
+        poke: Arc::new(|_, _, _| {}),
+        metrics: Default::default(),
+    };
+    tokio::spawn(serve(l, gw, rx));
+    addr
+}
+
+async fn setup(h2c: bool) -> SocketAddr {
     let revisions = Arc::new(Revisions::new(Limits::default()));
     revisions.configure(
         "default",
@@ -102,41 +119,9 @@ async fn setup(h2c: bool) -> SocketAddr {
         },
     );
     let qp = queue_proxy(app().await, h2c).await;
-    // Published once the queue-proxy reports the app ready, as the local runtime does.
-    let probe = format!("http://{qp}/");
-    let c: hyper_util::client::legacy::Client<_, Body> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
-    for _ in 0..200 {
-        let req = http::Request::get(&probe)
-            .header("k-network-probe", "queue")
-            .body(full(""))
-            .unwrap();
-        if c.request(req)
-            .await
-            .map(|r| r.status() == 200)
-            .unwrap_or(false)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    revisions.set_endpoints("default", "echo-00001", &[qp]);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    std::mem::forget(stop);
-    tokio::spawn(serve(
-        l,
-        Gateway {
-            routes,
-            revisions,
-            listener: Listener::External,
-            metrics: Default::default(),
-            poke: Arc::new(|_, _, _| {}),
-        },
-        rx,
-    ));
-    addr
+    // Used once the queue-proxy answers its probe.
+    revisions.announce("default", "echo-00001", &[qp]);
+    gateway_for("echo", "echo-00001", revisions).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,14 +260,6 @@ async fn announced_instance_is_used_as_soon_as_its_queue_proxy_answers() {
         .await
         .serving;
 
-    let route: serving_api::Route = serde_json::from_value(serde_json::json!({
-        "apiVersion": "serving.knative.dev/v1", "kind": "Route",
-        "metadata": {"name": "slow", "namespace": "default"}, "spec": {},
-        "status": {"url": "http://slow.default.localhost", "traffic": [{"revisionName": "slow-00001", "percent": 100}]}
-    }))
-    .unwrap();
-    let (tx, routes) = tokio::sync::watch::channel(Arc::new(RoutingTable::build([&route])));
-    std::mem::forget(tx);
     let revisions = Arc::new(Revisions::new(Limits::default()));
     revisions.configure(
         "default",
@@ -294,21 +271,7 @@ async fn announced_instance_is_used_as_soon_as_its_queue_proxy_answers() {
     );
     // Announced before it can serve: the gateway probes it instead of sending requests to it.
     revisions.announce("default", "slow-00001", &[qp]);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw = l.local_addr().unwrap();
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    std::mem::forget(stop);
-    tokio::spawn(serve(
-        l,
-        Gateway {
-            routes,
-            revisions: revisions.clone(),
-            listener: Listener::External,
-            poke: Arc::new(|_, _, _| {}),
-            metrics: Default::default(),
-        },
-        rx,
-    ));
+    let gw = gateway_for("slow", "slow-00001", revisions.clone()).await;
     let c: hyper_util::client::legacy::Client<_, Body> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
     let started = std::time::Instant::now();

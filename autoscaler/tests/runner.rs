@@ -113,26 +113,30 @@ async fn scrapes_real_queue_proxies_and_scales_up() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poke_scales_from_zero_at_once() {
+/// A running autoscaler with one revision created at zero (initial-scale 0).
+fn started_at_zero(name: &str) -> (Arc<Recorder>, autoscaler::runner::Handle, RevisionKey) {
     let recorder = Arc::new(Recorder::default());
-    // A revision that starts at zero (initial-scale 0).
     let config = AutoscalerConfig {
         allow_zero_initial_scale: true,
         ..AutoscalerConfig::default()
     };
     let (runner, handle) = Runner::new(&config, recorder.clone(), Arc::new(Metrics::default()));
     tokio::spawn(runner.run());
-    let key = RevisionKey::new("default", "cold-00001");
-    let mut a = BTreeMap::new();
-    a.insert(
+    let key = RevisionKey::new("default", name);
+    let a = BTreeMap::from([(
         "autoscaling.knative.dev/initial-scale".to_string(),
         "0".to_string(),
-    );
+    )]);
     handle.upsert(
         key.clone(),
         serving_api::autoscaling::resolve(&a, 0, &config, "a").unwrap(),
     );
+    (recorder, handle, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poke_scales_from_zero_at_once() {
+    let (recorder, handle, key) = started_at_zero("cold-00001");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         recorder.0.lock().unwrap().last().map(|(_, d)| *d),
@@ -161,23 +165,7 @@ async fn poke_scales_from_zero_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activator_reports_drive_the_next_tick() {
-    let recorder = Arc::new(Recorder::default());
-    let config = AutoscalerConfig {
-        allow_zero_initial_scale: true,
-        ..AutoscalerConfig::default()
-    };
-    let (runner, handle) = Runner::new(&config, recorder.clone(), Arc::new(Metrics::default()));
-    tokio::spawn(runner.run());
-    let key = RevisionKey::new("default", "held-00001");
-    let mut a = BTreeMap::new();
-    a.insert(
-        "autoscaling.knative.dev/initial-scale".to_string(),
-        "0".to_string(),
-    );
-    handle.upsert(
-        key.clone(),
-        serving_api::autoscaling::resolve(&a, 0, &config, "a").unwrap(),
-    );
+    let (recorder, handle, key) = started_at_zero("held-00001");
     // 140 requests held by the activator, reported each second (target 70 per instance).
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut desired = 0;
