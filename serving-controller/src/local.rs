@@ -1,0 +1,230 @@
+//! The apply step for local mode: the same builders and status logic as on Kubernetes, applied
+//! to the embedded store. Level-based: each pass reads everything and writes only what
+//! differs, so it can run after any change (a watch event) or on a timer.
+//!
+//! Revision status is not written here: the instance runtime owns it (as the kubelet and the
+//! Deployment controller do on Kubernetes).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use serving_api::condition::carry_transition_times;
+use serving_api::config::{DomainConfig, NetworkConfig};
+use serving_api::{Configuration, Revision, Route, Service};
+use store::{Store, StoreError};
+
+use crate::configuration::{RevisionPlan, configuration_status, plan_revision};
+use crate::route::{IngressState, RouteInputs, route_status};
+use crate::service::{desired_configuration, desired_route, service_status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored object does not parse: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Configuration the control plane needs.
+#[derive(Clone, Debug)]
+pub struct LocalConfig {
+    pub network: NetworkConfig,
+    pub domains: DomainConfig,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        // Local mode serves `http://{name}.{namespace}.localhost` (browsers resolve
+        // *.localhost to loopback).
+        LocalConfig {
+            network: NetworkConfig::default(),
+            domains: DomainConfig::single("localhost"),
+        }
+    }
+}
+
+fn list<T: DeserializeOwned>(store: &Store, kind: &str) -> Result<Vec<T>, ReconcileError> {
+    store
+        .list(kind, None)?
+        .into_iter()
+        .map(|v| serde_json::from_value(v).map_err(Into::into))
+        .collect()
+}
+
+fn to_value<T: Serialize>(v: &T) -> Result<Value, ReconcileError> {
+    Ok(serde_json::to_value(v)?)
+}
+
+/// The parts of a child the parent decides: labels, annotations, owners and spec.
+fn differs(stored: Option<&Value>, desired: &Value) -> bool {
+    let Some(s) = stored else { return true };
+    ["labels", "annotations", "ownerReferences"]
+        .iter()
+        .any(|k| s["metadata"].get(*k) != desired["metadata"].get(*k))
+        || s.get("spec") != desired.get("spec")
+}
+
+/// Write `status` if it changed, keeping transition times of unchanged conditions.
+fn write_status<S>(
+    store: &Store,
+    kind: &str,
+    obj: &Value,
+    old: Option<&S>,
+    mut new: S,
+    now: &Time,
+) -> Result<bool, ReconcileError>
+where
+    S: Serialize + PartialEq + Clone + StatusConditions,
+{
+    if let Some(old) = old {
+        let old_conditions = old.conditions().to_vec();
+        carry_transition_times(&old_conditions, new.conditions_mut(), now);
+        if *old == new {
+            return Ok(false);
+        }
+    } else {
+        carry_transition_times(&[], new.conditions_mut(), now);
+    }
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    store.update_status(
+        kind,
+        ns,
+        name,
+        to_value(&new)?,
+        obj["metadata"]["resourceVersion"].as_str(),
+    )?;
+    Ok(true)
+}
+
+/// Access to a status's conditions, for transition-time bookkeeping.
+pub trait StatusConditions {
+    fn conditions(&self) -> &[serving_api::Condition];
+    fn conditions_mut(&mut self) -> &mut Vec<serving_api::Condition>;
+}
+
+macro_rules! status_conditions {
+    ($($t:ty),*) => {$(impl StatusConditions for $t {
+        fn conditions(&self) -> &[serving_api::Condition] { &self.conditions }
+        fn conditions_mut(&mut self) -> &mut Vec<serving_api::Condition> { &mut self.conditions }
+    })*};
+}
+status_conditions!(
+    serving_api::ServiceStatus,
+    serving_api::ConfigurationStatus,
+    serving_api::RouteStatus
+);
+
+/// One reconcile pass over everything in the store. Returns the number of writes (0 = settled).
+pub fn reconcile(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, ReconcileError> {
+    let mut writes = 0;
+
+    // Service → Configuration + Route.
+    for svc in list::<Service>(store, "Service")? {
+        let ns = svc
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        for (kind, desired) in [
+            ("Configuration", to_value(&desired_configuration(&svc))?),
+            ("Route", to_value(&desired_route(&svc))?),
+        ] {
+            if differs(store.get(kind, &ns, &name)?.as_ref(), &desired) {
+                store.apply(desired)?;
+                writes += 1;
+            }
+        }
+    }
+
+    // Configuration → Revision, and the Configuration's status.
+    let mut revisions = list::<Revision>(store, "Revision")?;
+    for config in list::<Configuration>(store, "Configuration")? {
+        let ns = config.metadata.namespace.clone().unwrap_or_default();
+        let in_ns: Vec<Revision> = revisions
+            .iter()
+            .filter(|r| r.metadata.namespace.as_deref() == Some(ns.as_str()))
+            .cloned()
+            .collect();
+        let plan = plan_revision(&config, &in_ns);
+        if let RevisionPlan::Create(rev) = &plan {
+            let stored = store.apply(to_value(rev.as_ref())?)?;
+            revisions.push(serde_json::from_value(stored)?);
+            writes += 1;
+        }
+        let in_ns: Vec<Revision> = revisions
+            .iter()
+            .filter(|r| r.metadata.namespace.as_deref() == Some(ns.as_str()))
+            .cloned()
+            .collect();
+        let status = configuration_status(&config, &plan, &in_ns);
+        writes += usize::from(write_status(
+            store,
+            "Configuration",
+            &to_value(&config)?,
+            config.status.as_ref(),
+            status,
+            now,
+        )?);
+    }
+
+    // Route → resolved traffic.
+    let configs = list::<Configuration>(store, "Configuration")?;
+    let ingress = IngressState::Ready;
+    for route in list::<Route>(store, "Route")? {
+        let inputs = RouteInputs {
+            configurations: &configs,
+            revisions: &revisions,
+            network: &cfg.network,
+            domains: &cfg.domains,
+            ingress: &ingress,
+        };
+        let status = route_status(&route, &inputs);
+        writes += usize::from(write_status(
+            store,
+            "Route",
+            &to_value(&route)?,
+            route.status.as_ref(),
+            status,
+            now,
+        )?);
+    }
+
+    // Service status from its children.
+    let routes = list::<Route>(store, "Route")?;
+    for svc in list::<Service>(store, "Service")? {
+        let (ns, name) = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
+        let config = configs
+            .iter()
+            .find(|c| c.metadata.namespace == ns && c.metadata.name == name);
+        let route = routes
+            .iter()
+            .find(|r| r.metadata.namespace == ns && r.metadata.name == name);
+        let status = service_status(&svc, config, route);
+        writes += usize::from(write_status(
+            store,
+            "Service",
+            &to_value(&svc)?,
+            svc.status.as_ref(),
+            status,
+            now,
+        )?);
+    }
+    Ok(writes)
+}
+
+/// Reconcile until nothing changes (bounded; one pass usually settles a chain of changes in
+/// three or four passes).
+pub fn settle(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, ReconcileError> {
+    let mut total = 0;
+    for _ in 0..10 {
+        let w = reconcile(store, cfg, now)?;
+        total += w;
+        if w == 0 {
+            break;
+        }
+    }
+    Ok(total)
+}

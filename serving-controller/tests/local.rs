@@ -1,0 +1,132 @@
+//! Local mode's control plane over the real embedded store: a Service becomes a Configuration,
+//! Route and Revision; readiness flows up; a template change rolls out; deletes cascade.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::{Value, json};
+use serving_controller::local::{LocalConfig, settle};
+use store::Store;
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap())
+}
+
+fn service(image: &str) -> Value {
+    let mut svc: serving_api::Service = serde_json::from_value(json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": "hello", "namespace": "default"},
+        "spec": {"template": {"spec": {"containers": [{"image": image}]}}},
+    }))
+    .unwrap();
+    serving_api::defaults::default_service(&mut svc, &Default::default());
+    serde_json::to_value(svc).unwrap()
+}
+
+/// What the instance runtime reports once a revision serves.
+fn mark_ready(store: &Store, name: &str) {
+    let rev = store
+        .get("Revision", "default", name)
+        .unwrap()
+        .expect("revision exists");
+    let status = json!({"observedGeneration": 1, "conditions": [
+        {"type": "Ready", "status": "True"}, {"type": "ResourcesAvailable", "status": "True"}, {"type": "ContainerHealthy", "status": "True"}]});
+    store
+        .update_status(
+            "Revision",
+            "default",
+            name,
+            status,
+            rev["metadata"]["resourceVersion"].as_str(),
+        )
+        .unwrap();
+}
+
+fn cond(obj: &Value, t: &str) -> (String, String) {
+    let c = obj["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+        .cloned()
+        .unwrap_or_default();
+    (
+        c["status"].as_str().unwrap_or("").to_string(),
+        c["reason"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[test]
+fn service_lifecycle_in_the_store() {
+    let dir = std::env::temp_dir().join(format!("ebb-local-cp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(&dir.join("state.redb")).unwrap();
+    let cfg = LocalConfig::default();
+
+    store.apply(service("ebb/hello:1")).unwrap();
+    assert!(settle(&store, &cfg, &now()).unwrap() > 0);
+    let svc = store.get("Service", "default", "hello").unwrap().unwrap();
+    assert!(
+        store
+            .get("Configuration", "default", "hello")
+            .unwrap()
+            .is_some()
+    );
+    assert!(store.get("Route", "default", "hello").unwrap().is_some());
+    assert!(
+        store
+            .get("Revision", "default", "hello-00001")
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        cond(&svc, "Ready").0,
+        "Unknown",
+        "not ready before the revision is"
+    );
+    assert_eq!(svc["status"]["latestCreatedRevisionName"], "hello-00001");
+    assert_eq!(
+        settle(&store, &cfg, &now()).unwrap(),
+        0,
+        "settled: nothing rewritten"
+    );
+
+    mark_ready(&store, "hello-00001");
+    settle(&store, &cfg, &now()).unwrap();
+    let svc = store.get("Service", "default", "hello").unwrap().unwrap();
+    assert_eq!(cond(&svc, "Ready"), ("True".into(), "".into()), "{svc:#}");
+    assert_eq!(svc["status"]["url"], "http://hello.default.localhost");
+    assert_eq!(
+        svc["status"]["address"]["url"],
+        "http://hello.default.svc.cluster.local"
+    );
+    assert_eq!(svc["status"]["latestReadyRevisionName"], "hello-00001");
+    assert_eq!(svc["status"]["traffic"][0]["revisionName"], "hello-00001");
+    assert_eq!(svc["status"]["observedGeneration"], 1);
+    assert!(svc["status"]["conditions"][0]["lastTransitionTime"].is_string());
+
+    // A template change stamps hello-00002; traffic stays on 00001 until 00002 is ready.
+    store.apply(service("ebb/hello:2")).unwrap();
+    settle(&store, &cfg, &now()).unwrap();
+    assert!(
+        store
+            .get("Revision", "default", "hello-00002")
+            .unwrap()
+            .is_some()
+    );
+    let route = store.get("Route", "default", "hello").unwrap().unwrap();
+    assert_eq!(route["status"]["traffic"][0]["revisionName"], "hello-00001");
+    mark_ready(&store, "hello-00002");
+    settle(&store, &cfg, &now()).unwrap();
+    let svc = store.get("Service", "default", "hello").unwrap().unwrap();
+    assert_eq!(svc["status"]["traffic"][0]["revisionName"], "hello-00002");
+    assert_eq!(svc["status"]["observedGeneration"], 2);
+    assert_eq!(cond(&svc, "Ready").0, "True");
+
+    // Deleting the Service removes everything it owns.
+    let deleted = store.delete("Service", "default", "hello").unwrap();
+    assert_eq!(
+        deleted.len(),
+        5,
+        "service, configuration, route and two revisions"
+    );
+    assert!(store.list("Revision", None).unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
