@@ -449,7 +449,16 @@ async fn metrics_and_concurrency_reports() {
         .set_endpoints("default", "shop-00002", &[app("v2", Duration::ZERO).await]);
     assert_eq!(held.await.unwrap(), vec![200, 200]);
     let _ = get(&c, gwr, "nope.default.example.com", "/", &[]).await;
-    let text = gw.metrics.encode(&gw.revisions);
+    // pingora logs a request just after the client has its response: allow a moment.
+    let counted = "activator_request_count_total{namespace_name=\"default\",route_name=\"shop\",revision_name=\"shop-00002\",response_code_class=\"2xx\"} 2";
+    let mut text = gw.metrics.encode(&gw.revisions);
+    for _ in 0..100 {
+        if text.contains(counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        text = gw.metrics.encode(&gw.revisions);
+    }
     for want in [
         "activator_request_count_total{namespace_name=\"default\",route_name=\"shop\",revision_name=\"shop-00002\",response_code_class=\"2xx\"} 2",
         "activator_endpoint_wait_seconds_count{namespace_name=\"default\",revision_name=\"shop-00002\"} 2",
