@@ -108,16 +108,6 @@ impl Default for Metrics {
     }
 }
 
-pub fn code_class(status: u16) -> &'static str {
-    match status {
-        0..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
-
 impl Metrics {
     pub fn request(
         &self,
@@ -132,7 +122,7 @@ impl Metrics {
                 namespace_name: namespace.into(),
                 route_name: route.into(),
                 revision_name: revision.into(),
-                response_code_class: code_class(status),
+                response_code_class: wire::response_code_class(status),
             })
             .inc();
         let r = RevisionLabels {

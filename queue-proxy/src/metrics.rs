@@ -37,16 +37,6 @@ pub struct Metrics {
     pub ready: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
-pub fn code_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
-
 fn histogram() -> Histogram {
     Histogram::new(BUCKETS_MS)
 }
@@ -124,7 +114,7 @@ impl Metrics {
 
     pub fn record(&self, status: u16, total: Duration, app: Option<Duration>) {
         let labels = CodeLabels {
-            response_code_class: code_class(status),
+            response_code_class: wire::response_code_class(status),
         };
         self.requests.get_or_create(&labels).inc();
         self.latencies

@@ -82,13 +82,9 @@ pub fn websocket_echo(req: &mut Request<Incoming>) -> Response<AppBody> {
     r
 }
 
-/// A queue-proxy in this process, on real loopback sockets, in front of `app`.
-pub async fn queue_proxy(
-    app: SocketAddr,
-    revision: &str,
-    extra: &[(&str, &str)],
-) -> queue_proxy::Bound {
-    let mut vars: HashMap<String, String> = [
+/// Environment for a queue-proxy on loopback with OS-chosen ports, in front of `user_port`.
+pub fn queue_proxy_env(user_port: u16) -> HashMap<String, String> {
+    [
         ("QUEUE_BIND_ADDRESS", "127.0.0.1"),
         ("QUEUE_SERVING_PORT", "0"),
         ("QUEUE_ADMIN_PORT", "0"),
@@ -98,10 +94,19 @@ pub async fn queue_proxy(
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    .chain([("USER_PORT".to_string(), user_port.to_string())])
+    .collect()
+}
+
+/// A queue-proxy in this process, on real loopback sockets, in front of `app`.
+pub async fn queue_proxy(
+    app: SocketAddr,
+    revision: &str,
+    extra: &[(&str, &str)],
+) -> queue_proxy::Bound {
+    let mut vars = queue_proxy_env(app.port());
     vars.insert("SERVING_REVISION".into(), revision.into());
     vars.insert("SERVING_POD".into(), format!("{revision}-pod"));
-    vars.insert("USER_PORT".into(), app.port().to_string());
     for (k, v) in extra {
         vars.insert(k.to_string(), v.to_string());
     }

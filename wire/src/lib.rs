@@ -28,6 +28,18 @@ pub const HEADER_NAMESPACE: &str = "knative-serving-namespace";
 /// Selects a tag's revision on a route's main host.
 pub const HEADER_TAG: &str = "knative-serving-tag";
 
+/// The `response_code_class` label both proxies put on their request metrics. A request that
+/// got no status at all (0: the connection died) counts as a server-side failure.
+pub fn response_code_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
 /// Path on the queue-proxy's stats port that returns the latest [`Stat`] as JSON.
 pub const STATS_PATH: &str = "/stats";
 

@@ -2,7 +2,6 @@
 //! a real loopback socket, and a plain HTTP client.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -32,23 +31,16 @@ pub struct QueueProxy {
 
 impl QueueProxy {
     pub fn start(user_port: u16, extra: &[(&str, &str)]) -> QueueProxy {
-        let mut env: HashMap<String, String> = [
-            ("QUEUE_BIND_ADDRESS", "127.0.0.1"),
-            ("QUEUE_SERVING_PORT", "0"),
-            ("QUEUE_ADMIN_PORT", "0"),
-            ("QUEUE_METRICS_PORT", "0"),
-            ("USER_METRICS_PORT", "0"),
-            ("SERVING_NAMESPACE", "default"),
+        let mut env = testkit::queue_proxy_env(user_port);
+        for (k, v) in [
             ("SERVING_SERVICE", "hello"),
             ("SERVING_CONFIGURATION", "hello"),
             ("SERVING_REVISION", "hello-00001"),
             ("SERVING_POD", "hello-00001-pod"),
             ("QUEUE_PROXY_LOG", "warn"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        env.insert("USER_PORT".into(), user_port.to_string());
+        ] {
+            env.insert(k.to_string(), v.to_string());
+        }
         for (k, v) in extra {
             env.insert(k.to_string(), v.to_string());
         }
