@@ -113,8 +113,28 @@ macro_rules! status_conditions {
 status_conditions!(
     serving_api::ServiceStatus,
     serving_api::ConfigurationStatus,
-    serving_api::RouteStatus
+    serving_api::RouteStatus,
+    serving_api::RevisionStatus
 );
+
+/// Write a Revision's status from what the instance runtime observes (the part the kubelet
+/// and the Deployment controller play on Kubernetes). Returns whether anything changed.
+pub fn write_revision_status(
+    store: &Store,
+    rev: &Revision,
+    workload: &crate::revision::WorkloadState,
+    now: &Time,
+) -> Result<bool, ReconcileError> {
+    let status = crate::revision::revision_status(rev, workload);
+    write_status(
+        store,
+        "Revision",
+        &to_value(rev)?,
+        rev.status.as_ref(),
+        status,
+        now,
+    )
+}
 
 /// One reconcile pass over everything in the store. Returns the number of writes (0 = settled).
 pub fn reconcile(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, ReconcileError> {

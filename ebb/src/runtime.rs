@@ -1,0 +1,967 @@
+//! Local mode's instance runtime: what the kubelet and the Deployment controller do on
+//! Kubernetes. An instance is the Revision's serving container, run as a host process (or an
+//! OCI container through podman), plus a real queue-proxy in front of it on its own loopback
+//! ports. One supervisor task per Revision keeps the instance count at what the autoscaler
+//! wants, publishes instances to the gateway (which probes them) and to the autoscaler (which
+//! scrapes their stats), and writes the Revision's status.
+//!
+//! Instances are stopped on shutdown; each leaves a pid file so that a killed `ebb` has them
+//! cleaned up at the next start (see [`reap_orphans`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use activator::revisions::{RevisionSettings, Revisions};
+use autoscaler::collector::RevisionKey;
+use autoscaler::runner::{Handle, Instance as ScrapeTarget};
+use autoscaler::scaler::{ScaleError, ScaleFuture, Scaler};
+use k8s_openapi::api::core::v1::Container;
+use serde::Serialize;
+use serving_api::Revision;
+use serving_api::config::{AutoscalerConfig, DeploymentConfig};
+use serving_controller::revision::{Activity, ContainerFailure, WorkloadState};
+use serving_controller::workload::{QUEUE_CONTAINER, desired_deployment};
+use store::Store;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// How user containers run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The container's `command`/`args` (or, without a command, the image name as a program
+    /// on `PATH`) as a host process.
+    Process,
+    /// `podman run` of the (already local) image, on the host network.
+    Podman,
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Process => "process",
+            Backend::Podman => "podman",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub state: PathBuf,
+    pub backend: Backend,
+    /// How long a stopping queue-proxy waits for stragglers. Knative waits 30 s for endpoint
+    /// propagation through kube-proxy; locally the gateway forgets an instance synchronously.
+    pub drain_quiet: Duration,
+    pub deployment: DeploymentConfig,
+    pub autoscaler: AutoscalerConfig,
+}
+
+/// One instance as `ebb local status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceInfo {
+    pub namespace: String,
+    pub revision: String,
+    pub name: String,
+    pub pid: Option<u32>,
+    pub serving: Option<SocketAddr>,
+    pub ready: bool,
+    pub stopping: bool,
+    pub log: PathBuf,
+}
+
+struct Supervisor {
+    desired: watch::Sender<i32>,
+    stop: watch::Sender<bool>,
+    view: Arc<Mutex<Vec<InstanceInfo>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct Runtime {
+    opts: Options,
+    store: Arc<Store>,
+    gateway: Arc<Revisions>,
+    autoscaler: Handle,
+    supervisors: Mutex<HashMap<RevisionKey, Supervisor>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("backend", &self.opts.backend)
+            .finish()
+    }
+}
+
+fn key_of(rev: &Revision) -> RevisionKey {
+    RevisionKey::new(
+        rev.metadata.namespace.as_deref().unwrap_or("default"),
+        rev.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+fn was_ever_ready(rev: &Revision) -> bool {
+    rev.status.as_ref().is_some_and(|s| {
+        serving_api::condition::status_of(
+            &s.conditions,
+            serving_api::revision::conditions::RESOURCES_AVAILABLE,
+        ) == serving_api::condition::ConditionStatus::True
+    })
+}
+
+impl Runtime {
+    pub fn new(
+        opts: Options,
+        store: Arc<Store>,
+        gateway: Arc<Revisions>,
+        autoscaler: Handle,
+    ) -> Arc<Runtime> {
+        Arc::new(Runtime {
+            opts,
+            store,
+            gateway,
+            autoscaler,
+            supervisors: Mutex::default(),
+        })
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.opts.backend
+    }
+
+    /// Bring supervisors in line with the Revisions in the store: start one per new Revision,
+    /// stop those whose Revision is gone.
+    pub fn sync(self: &Arc<Self>) {
+        let revisions: Vec<Revision> = match self.store.list("Revision", None) {
+            Ok(list) => list
+                .into_iter()
+                .filter_map(|v| serde_json::from_value(v).ok())
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "listing revisions");
+                return;
+            }
+        };
+        let mut sups = self.supervisors.lock().unwrap_or_else(|p| p.into_inner());
+        let present: Vec<RevisionKey> = revisions.iter().map(key_of).collect();
+        let gone: Vec<RevisionKey> = sups
+            .keys()
+            .filter(|k| !present.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(s) = sups.remove(&key) {
+                let _ = s.stop.send(true);
+                self.autoscaler.remove(key.clone());
+            }
+        }
+        for rev in revisions {
+            let key = key_of(&rev);
+            if sups.contains_key(&key) {
+                continue;
+            }
+            match self.start_supervisor(&key, &rev) {
+                Ok(s) => {
+                    sups.insert(key, s);
+                }
+                Err(e) => tracing::error!(revision = %key.name, error = %e, "cannot run revision"),
+            }
+        }
+    }
+
+    fn start_supervisor(
+        self: &Arc<Self>,
+        key: &RevisionKey,
+        rev: &Revision,
+    ) -> anyhow::Result<Supervisor> {
+        let annotations = rev.metadata.annotations.clone().unwrap_or_default();
+        let cc = rev.spec.container_concurrency.unwrap_or(0);
+        let mut scaling = serving_api::autoscaling::resolve(
+            &annotations,
+            cc,
+            &self.opts.autoscaler,
+            "metadata.annotations",
+        )
+        .map_err(|errs| {
+            anyhow::anyhow!(
+                "{}",
+                errs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
+        let ever_ready = was_ever_ready(rev);
+        if ever_ready {
+            // Initial scale applies when a Revision is created, not when `ebb` restarts.
+            scaling.initial_scale = 0;
+        }
+        let start_with = scaling.initial_scale.max(scaling.min_scale);
+        let (_, h2c) = rev.spec.serving_port();
+        self.gateway.configure(
+            &key.namespace,
+            &key.name,
+            RevisionSettings {
+                container_concurrency: usize::try_from(cc).unwrap_or(0),
+                timeout: Duration::from_secs(rev.spec.timeout_seconds.unwrap_or(300).max(1) as u64),
+                h2c,
+            },
+        );
+        self.autoscaler.upsert(key.clone(), scaling);
+        let launch = Arc::new(Launch::from_revision(rev, &self.opts)?);
+        let (desired, desired_rx) = watch::channel(start_with);
+        let (stop, stop_rx) = watch::channel(false);
+        let view = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(supervise(
+            self.clone(),
+            key.clone(),
+            launch,
+            ever_ready,
+            desired_rx,
+            stop_rx,
+            view.clone(),
+        ));
+        Ok(Supervisor {
+            desired,
+            stop,
+            view,
+            task,
+        })
+    }
+
+    /// The autoscaler's decision for a revision.
+    pub fn set_desired(&self, key: &RevisionKey, desired: i32) -> bool {
+        let sups = self.supervisors.lock().unwrap_or_else(|p| p.into_inner());
+        match sups.get(key) {
+            Some(s) => {
+                s.desired.send_replace(desired.max(0));
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        let sups = self.supervisors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<InstanceInfo> = sups
+            .values()
+            .flat_map(|s| s.view.lock().map(|v| v.clone()).unwrap_or_default())
+            .collect();
+        all.sort_by(|a, b| {
+            (&a.namespace, &a.revision, &a.name).cmp(&(&b.namespace, &b.revision, &b.name))
+        });
+        all
+    }
+
+    /// Stop every instance (drained) and wait for them.
+    pub async fn shutdown(&self) {
+        let sups: Vec<Supervisor> = {
+            let mut map = self.supervisors.lock().unwrap_or_else(|p| p.into_inner());
+            map.drain().map(|(_, s)| s).collect()
+        };
+        for s in &sups {
+            let _ = s.stop.send(true);
+        }
+        for s in sups {
+            let _ = s.task.await;
+        }
+    }
+}
+
+/// The autoscaler's `Scaler` in local mode: the decision goes to the revision's supervisor.
+/// The runtime is bound after construction (the runtime needs the autoscaler's handle, the
+/// autoscaler needs this scaler).
+#[derive(Debug)]
+pub struct LocalScaler(pub Arc<std::sync::OnceLock<std::sync::Weak<Runtime>>>);
+
+impl Scaler for LocalScaler {
+    fn scale<'a>(&'a self, key: &'a RevisionKey, desired: i32) -> ScaleFuture<'a> {
+        Box::pin(async move {
+            match self.0.get().and_then(std::sync::Weak::upgrade) {
+                Some(rt) if rt.set_desired(key, desired) => Ok(()),
+                _ => Err(ScaleError::NotFound(key.clone())),
+            }
+        })
+    }
+}
+
+/// Everything needed to start an instance of a revision, derived once from the same
+/// Deployment the Kubernetes backend would create, so both run the same env and probe.
+#[derive(Debug)]
+struct Launch {
+    revision: String,
+    image: String,
+    program: Vec<String>,
+    env: Vec<(String, String)>,
+    workdir: Option<String>,
+    /// The queue-proxy's variables, ports left to the OS.
+    queue_env: HashMap<String, String>,
+    /// How long the user process gets after SIGTERM.
+    grace: Duration,
+    logs: PathBuf,
+    pids: PathBuf,
+    backend: Backend,
+    drain_quiet: Duration,
+    progress_deadline: Duration,
+    /// A problem that prevents any instance from starting (reported as the container's).
+    config_error: Option<ContainerFailure>,
+}
+
+fn literal_env(c: &Container) -> (Vec<(String, String)>, Vec<String>) {
+    let mut env = Vec::new();
+    let mut unsupported = Vec::new();
+    for e in c.env.iter().flatten() {
+        match (&e.value, &e.value_from) {
+            (_, Some(from)) if from.field_ref.is_none() => unsupported.push(e.name.clone()),
+            (_, Some(_)) => {}
+            (v, None) => env.push((e.name.clone(), v.clone().unwrap_or_default())),
+        }
+    }
+    (env, unsupported)
+}
+
+impl Launch {
+    fn from_revision(rev: &Revision, opts: &Options) -> anyhow::Result<Launch> {
+        let deployment = desired_deployment(rev, &opts.deployment, None)?;
+        let pod = deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .ok_or_else(|| anyhow::anyhow!("revision has no pod"))?;
+        let serving = rev
+            .spec
+            .serving_container_index()
+            .ok_or_else(|| anyhow::anyhow!("revision has no containers"))?;
+        let user = pod
+            .containers
+            .get(serving)
+            .ok_or_else(|| anyhow::anyhow!("revision has no serving container"))?;
+        let queue = pod
+            .containers
+            .iter()
+            .find(|c| c.name == QUEUE_CONTAINER)
+            .ok_or_else(|| anyhow::anyhow!("no queue-proxy container"))?;
+        let (declared_port, _) = rev.spec.serving_port();
+        let (env, unsupported) = literal_env(user);
+        let mut config_error = unsupported.first().map(|name| ContainerFailure {
+            reason: "CreateContainerConfigError".into(),
+            message: format!(
+                "env {name}: valueFrom (configMapKeyRef, secretKeyRef, resourceFieldRef) is not supported in local mode"
+            ),
+        });
+        let image = user.image.clone().unwrap_or_default();
+        let command = user.command.clone().unwrap_or_default();
+        let args = user.args.clone().unwrap_or_default();
+        let program: Vec<String> = match opts.backend {
+            Backend::Process if command.is_empty() => {
+                std::iter::once(image.clone()).chain(args).collect()
+            }
+            _ => command.into_iter().chain(args).collect(),
+        };
+        if pod.containers.len() > 2 && config_error.is_none() {
+            tracing::warn!(
+                revision = rev.metadata.name.as_deref().unwrap_or_default(),
+                "local mode runs only the serving container; sidecars are not started"
+            );
+        }
+        if opts.backend == Backend::Process && program.is_empty() {
+            config_error = Some(ContainerFailure {
+                reason: "CreateContainerConfigError".into(),
+                message: "the process runtime needs a command or an image naming a program".into(),
+            });
+        }
+        let mut queue_env: HashMap<String, String> = literal_env(queue).0.into_iter().collect();
+        for k in [
+            "QUEUE_SERVING_PORT",
+            "QUEUE_ADMIN_PORT",
+            "QUEUE_METRICS_PORT",
+            "USER_METRICS_PORT",
+        ] {
+            queue_env.insert(k.into(), "0".into());
+        }
+        queue_env.insert("QUEUE_BIND_ADDRESS".into(), "127.0.0.1".into());
+        queue_env.insert(
+            "DRAIN_QUIET_PERIOD".into(),
+            format!("{}ms", opts.drain_quiet.as_millis()),
+        );
+        // The probe names the declared port; locally each instance gets its own (port 0 in a
+        // probe means the user port).
+        if let Some(probe) = queue_env.get("SERVING_READINESS_PROBE").cloned()
+            && let Ok(mut p) = serde_json::from_str::<serde_json::Value>(&probe)
+        {
+            for kind in ["httpGet", "tcpSocket", "grpc"] {
+                if p[kind]["port"].as_i64() == Some(i64::from(declared_port)) {
+                    p[kind]["port"] = 0.into();
+                }
+            }
+            queue_env.insert("SERVING_READINESS_PROBE".into(), p.to_string());
+        }
+        let namespace = rev
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let revision = rev.metadata.name.clone().unwrap_or_default();
+        let grace = Duration::from_secs(
+            pod.termination_grace_period_seconds
+                .unwrap_or(30)
+                .clamp(1, 30) as u64,
+        );
+        Ok(Launch {
+            logs: opts.state.join("logs").join(&namespace).join(&revision),
+            pids: opts.state.join("instances"),
+
+            revision,
+            image,
+            program,
+            env,
+            workdir: user.working_dir.clone(),
+            queue_env,
+            grace,
+            backend: opts.backend.clone(),
+            drain_quiet: opts.drain_quiet,
+            progress_deadline: opts.deployment.progress_deadline,
+            config_error,
+        })
+    }
+}
+
+enum Event {
+    Started {
+        id: String,
+        serving: SocketAddr,
+        stats: SocketAddr,
+        pid: Option<u32>,
+    },
+    Ready(String),
+    Exited {
+        id: String,
+        failure: Option<ContainerFailure>,
+    },
+}
+
+struct Running {
+    id: String,
+    serving: Option<SocketAddr>,
+    stats: Option<SocketAddr>,
+    pid: Option<u32>,
+    ready: bool,
+    stop: Option<oneshot::Sender<()>>,
+    started: Instant,
+}
+
+impl Running {
+    fn stopping(&self) -> bool {
+        self.stop.is_none()
+    }
+}
+
+fn instance_id(revision: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let suffix: String = (0..5)
+        .map(|_| char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]))
+        .collect();
+    format!("{revision}-{suffix}")
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    rt: Arc<Runtime>,
+    key: RevisionKey,
+    launch: Arc<Launch>,
+    mut ever_ready: bool,
+    mut desired_rx: watch::Receiver<i32>,
+    mut stop_rx: watch::Receiver<bool>,
+    view: Arc<Mutex<Vec<InstanceInfo>>>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let mut running: Vec<Running> = Vec::new();
+    let mut failure: Option<ContainerFailure> = launch.config_error.clone();
+    let mut crashes: u32 = 0;
+    let mut backoff_until: Option<tokio::time::Instant> = None;
+    let created = Instant::now();
+    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut published: Option<(Vec<SocketAddr>, Vec<ScrapeTarget>)> = None;
+    loop {
+        let stopping_all = *stop_rx.borrow();
+        let want = if stopping_all {
+            0
+        } else {
+            usize::try_from(*desired_rx.borrow()).unwrap_or(0)
+        };
+        let live = running.iter().filter(|r| !r.stopping()).count();
+        let may_start = launch.config_error.is_none()
+            && backoff_until.is_none_or(|t| tokio::time::Instant::now() >= t);
+        if live < want && may_start {
+            for _ in live..want {
+                let id = instance_id(&launch.revision);
+                let (stop, stop_rx) = oneshot::channel();
+                running.push(Running {
+                    id: id.clone(),
+                    serving: None,
+                    stats: None,
+                    pid: None,
+                    ready: false,
+                    stop: Some(stop),
+                    started: Instant::now(),
+                });
+                tokio::spawn(run_instance(launch.clone(), id, tx.clone(), stop_rx));
+            }
+        } else if live > want {
+            // Not-ready instances go first, then the newest (as a ReplicaSet scales down).
+            let mut victims: Vec<usize> = (0..running.len())
+                .filter(|i| !running[*i].stopping())
+                .collect();
+            victims.sort_by_key(|i| (running[*i].ready, std::cmp::Reverse(running[*i].started)));
+            for i in victims.into_iter().take(live - want) {
+                if let Some(stop) = running[i].stop.take() {
+                    let _ = stop.send(());
+                }
+            }
+        }
+        if stopping_all && running.is_empty() {
+            rt.gateway.announce(&key.namespace, &key.name, &[]);
+            if let Ok(mut v) = view.lock() {
+                v.clear();
+            }
+            return;
+        }
+
+        // Publish: every live instance to the gateway (it probes them itself and uses each
+        // as soon as it answers), ready ones to the autoscaler's scraper.
+        let serving: Vec<SocketAddr> = running
+            .iter()
+            .filter(|r| !r.stopping())
+            .filter_map(|r| r.serving)
+            .collect();
+        let targets: Vec<ScrapeTarget> = running
+            .iter()
+            .filter(|r| r.ready && !r.stopping())
+            .filter_map(|r| {
+                r.stats.map(|stats| ScrapeTarget {
+                    name: r.id.clone(),
+                    stats,
+                })
+            })
+            .collect();
+        if published.as_ref() != Some(&(serving.clone(), targets.clone())) {
+            rt.gateway.announce(&key.namespace, &key.name, &serving);
+            rt.autoscaler.instances(key.clone(), targets.clone());
+            published = Some((serving, targets));
+        }
+        if let Ok(mut v) = view.lock() {
+            *v = running
+                .iter()
+                .map(|r| InstanceInfo {
+                    namespace: key.namespace.clone(),
+                    revision: key.name.clone(),
+                    name: r.id.clone(),
+                    pid: r.pid,
+                    serving: r.serving,
+                    ready: r.ready,
+                    stopping: r.stopping(),
+                    log: launch.logs.join(format!("{}.log", r.id)),
+                })
+                .collect();
+        }
+        if !stopping_all {
+            let ready = running.iter().filter(|r| r.ready && !r.stopping()).count();
+            let queued = rt.gateway.get(&key.namespace, &key.name).throttler.queued() > 0;
+            let workload = WorkloadState {
+                exists: true,
+                ready_replicas: ready as i32,
+                desired_replicas: want as i32,
+                progress_deadline_exceeded: !ever_ready
+                    && created.elapsed() > launch.progress_deadline,
+                failure: failure.clone(),
+                activity: if ready > 0 {
+                    Activity::Active
+                } else if want == 0 {
+                    Activity::Idle
+                } else {
+                    Activity::Activating { queued }
+                },
+            };
+            write_status(&rt.store, &key, &workload);
+        }
+
+        let backoff = async {
+            match backoff_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = desired_rx.changed() => {}
+            _ = stop_rx.changed() => {}
+            _ = status_tick.tick() => {}
+            _ = backoff => { backoff_until = None; }
+            ev = rx.recv() => match ev {
+                None => return,
+                Some(Event::Started { id, serving, stats, pid }) => {
+                    if let Some(r) = running.iter_mut().find(|r| r.id == id) {
+                        r.serving = Some(serving);
+                        r.stats = Some(stats);
+                        r.pid = pid;
+                    }
+                }
+                Some(Event::Ready(id)) => {
+                    if let Some(r) = running.iter_mut().find(|r| r.id == id) {
+                        r.ready = true;
+                        ever_ready = true;
+                        crashes = 0;
+                        failure = None;
+                    }
+                }
+                Some(Event::Exited { id, failure: f }) => {
+                    running.retain(|r| r.id != id);
+                    if let Some(f) = f {
+                        tracing::warn!(instance = %id, reason = %f.reason, "instance failed");
+                        crashes += 1;
+                        let delay = Duration::from_millis(500)
+                            .saturating_mul(1 << crashes.min(6))
+                            .min(Duration::from_secs(30));
+                        backoff_until = Some(tokio::time::Instant::now() + delay);
+                        failure = Some(f);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn write_status(store: &Store, key: &RevisionKey, workload: &WorkloadState) {
+    for _ in 0..3 {
+        let Ok(Some(v)) = store.get("Revision", &key.namespace, &key.name) else {
+            return;
+        };
+        let Ok(rev) = serde_json::from_value::<Revision>(v) else {
+            return;
+        };
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+        match serving_controller::local::write_revision_status(store, &rev, workload, &now) {
+            Ok(_) => return,
+            Err(serving_controller::local::ReconcileError::Store(
+                store::StoreError::Conflict { .. },
+            )) => continue,
+            Err(e) => {
+                tracing::warn!(revision = %key.name, error = %e, "writing revision status");
+                return;
+            }
+        }
+    }
+}
+
+/// The last lines of an instance's log, for a failure message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(800);
+    let tail = String::from_utf8_lossy(&text[start..]);
+    let lines: Vec<&str> = tail.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Start time of a process (field 22 of /proc/PID/stat), to tell it from a recycled pid.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19).map(str::to_string)
+}
+
+fn signal_group(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(p), sig);
+    }
+}
+
+/// Kill instances a previous `ebb` left behind (it was killed before it could stop them).
+/// Returns how many were found running.
+pub fn reap_orphans(state: &Path, backend: &Backend) -> usize {
+    let mut reaped = 0;
+    let dir = state.join("instances");
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut parts = text.split_whitespace();
+        if let (Some(pid), Some(started)) = (
+            parts.next().and_then(|p| p.parse::<u32>().ok()),
+            parts.next(),
+        ) && start_time(pid).as_deref() == Some(started)
+        {
+            signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            reaped += 1;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    if *backend == Backend::Podman {
+        // Containers outlive a killed `podman run` client.
+        if let Ok(out) = std::process::Command::new("podman")
+            .args(["ps", "-aq", "--filter", "label=dev.ebb.instance"])
+            .output()
+        {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                reaped += ids.len();
+                let _ = std::process::Command::new("podman")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+    reaped
+}
+
+/// Podman's flags that work on these machines (runc, cgroupfs, explicit ulimits), then the
+/// container on the host network so it listens on the loopback port it is given.
+fn podman_command(
+    launch: &Launch,
+    id: &str,
+    env: &BTreeMap<String, String>,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("podman");
+    cmd.args([
+        "--runtime",
+        "runc",
+        "--cgroup-manager=cgroupfs",
+        "run",
+        "--rm",
+        "--replace",
+        "--network",
+        "host",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--pull",
+        "never",
+        "--label",
+        "dev.ebb.instance=1",
+        "--name",
+    ]);
+    cmd.arg(format!("ebb-{id}"));
+    for (k, v) in env {
+        cmd.arg("-e").arg(format!("{k}={v}"));
+    }
+    if let Some(dir) = &launch.workdir {
+        cmd.arg("--workdir").arg(dir);
+    }
+    if let Some((first, rest)) = launch.program.split_first() {
+        cmd.arg("--entrypoint").arg(first);
+        cmd.arg(&launch.image);
+        cmd.args(rest);
+    } else {
+        cmd.arg(&launch.image);
+    }
+    cmd
+}
+
+fn podman_image_present(image: &str) -> bool {
+    std::process::Command::new("podman")
+        .args(["image", "exists", image])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn run_instance(
+    launch: Arc<Launch>,
+    id: String,
+    events: mpsc::UnboundedSender<Event>,
+    stop: oneshot::Receiver<()>,
+) {
+    let failure = |reason: &str, message: String| Event::Exited {
+        id: id.clone(),
+        failure: Some(ContainerFailure {
+            reason: reason.into(),
+            message,
+        }),
+    };
+    let port = match free_port() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = events.send(failure("RunContainerError", format!("no free port: {e}")));
+            return;
+        }
+    };
+    let log_path = launch.logs.join(format!("{id}.log"));
+    let log = std::fs::create_dir_all(&launch.logs).and_then(|()| {
+        std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+    });
+    let (out, err) = match log.and_then(|f| Ok((f.try_clone()?, f))) {
+        Ok(pair) => pair,
+        Err(e) => {
+            let _ = events.send(failure(
+                "RunContainerError",
+                format!("cannot open {}: {e}", log_path.display()),
+            ));
+            return;
+        }
+    };
+    let mut env: BTreeMap<String, String> = launch.env.iter().cloned().collect();
+    env.insert("PORT".into(), port.to_string());
+    let mut cmd = match launch.backend {
+        Backend::Process => {
+            let mut cmd = tokio::process::Command::new(&launch.program[0]);
+            cmd.args(&launch.program[1..]).envs(&env);
+            if let Some(dir) = &launch.workdir {
+                cmd.current_dir(dir);
+            }
+            cmd
+        }
+        Backend::Podman => {
+            if !podman_image_present(&launch.image) {
+                let _ = events.send(failure(
+                    "ErrImagePull",
+                    format!(
+                        "image {:?} is not present locally; local mode does not pull (podman pull or podman build it first)",
+                        launch.image
+                    ),
+                ));
+                return;
+            }
+            podman_command(&launch, &id, &env)
+        }
+    };
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let what = launch.program.first().cloned().unwrap_or_default();
+            let _ = events.send(failure(
+                "RunContainerError",
+                format!("cannot start {what:?}: {e}"),
+            ));
+            return;
+        }
+    };
+    let pid = child.id();
+    let pidfile = launch.pids.join(format!("{id}.pid"));
+    if let Some(pid) = pid {
+        let _ = std::fs::create_dir_all(&launch.pids);
+        let _ = std::fs::write(
+            &pidfile,
+            format!("{pid} {}\n", start_time(pid).unwrap_or_default()),
+        );
+    }
+
+    // The queue-proxy, in this process, on its own loopback ports.
+    let mut vars = launch.queue_env.clone();
+    vars.insert("USER_PORT".into(), port.to_string());
+    vars.insert("SERVING_POD".into(), id.clone());
+    let (qp_stop, qp_stop_rx) = oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = oneshot::channel();
+    let qp = match queue_proxy::Config::from_vars(&vars) {
+        Ok(cfg) => tokio::spawn(queue_proxy::run(
+            cfg,
+            async {
+                let _ = qp_stop_rx.await;
+            },
+            move |b| {
+                let _ = bound_tx.send(b);
+            },
+        )),
+        Err(e) => {
+            terminate(&mut child, pid, Duration::ZERO).await;
+            let _ = std::fs::remove_file(&pidfile);
+            let _ = events.send(failure("RunContainerError", format!("queue-proxy: {e}")));
+            return;
+        }
+    };
+    let Ok(bound) = bound_rx.await else {
+        terminate(&mut child, pid, Duration::ZERO).await;
+        let _ = std::fs::remove_file(&pidfile);
+        let _ = events.send(failure(
+            "RunContainerError",
+            "queue-proxy could not bind its ports".into(),
+        ));
+        return;
+    };
+    let _ = events.send(Event::Started {
+        id: id.clone(),
+        serving: bound.serving,
+        stats: bound.stats,
+        pid,
+    });
+
+    let mut stop = stop;
+    let mut ready = false;
+    let exit = loop {
+        tokio::select! {
+            status = child.wait() => break Some(status),
+            _ = &mut stop => break None,
+            _ = tokio::time::sleep(Duration::from_millis(5)), if !ready => {
+                if activator::probe::probe(bound.serving).await {
+                    ready = true;
+                    let _ = events.send(Event::Ready(id.clone()));
+                }
+            }
+        }
+    };
+    match exit {
+        Some(status) => {
+            // The container ended by itself: stop serving at once.
+            let _ = qp_stop.send(());
+            qp.abort();
+            signal_group(pid.unwrap_or(0), nix::sys::signal::Signal::SIGKILL);
+            let _ = std::fs::remove_file(&pidfile);
+            let code = status.as_ref().ok().and_then(|s| s.code());
+            let tail = log_tail(&log_path);
+            let failure = ContainerFailure {
+                reason: match code {
+                    Some(c) => format!("ExitCode{c}"),
+                    None => "Error".into(),
+                },
+                message: if tail.is_empty() {
+                    "Container failed with no output.".into()
+                } else {
+                    format!("Container failed with: {tail}")
+                },
+            };
+            let _ = events.send(Event::Exited {
+                id,
+                failure: Some(failure),
+            });
+        }
+        None => {
+            // Scale-down or shutdown: the gateway has already forgotten this instance; the
+            // queue-proxy finishes what it has, then the container gets SIGTERM.
+            let _ = qp_stop.send(());
+            let drain_cap = launch.drain_quiet + launch.grace + Duration::from_secs(5);
+            if tokio::time::timeout(drain_cap, qp).await.is_err() {
+                tracing::warn!(instance = %id, "queue-proxy did not drain in time");
+            }
+            terminate(&mut child, pid, launch.grace).await;
+            let _ = std::fs::remove_file(&pidfile);
+            let _ = events.send(Event::Exited { id, failure: None });
+        }
+    }
+}
+
+/// SIGTERM to the instance's process group, SIGKILL after `grace`.
+async fn terminate(child: &mut tokio::process::Child, pid: Option<u32>, grace: Duration) {
+    if let Some(pid) = pid {
+        signal_group(pid, nix::sys::signal::Signal::SIGTERM);
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            return;
+        }
+        signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = child.kill().await;
+}
