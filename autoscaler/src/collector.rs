@@ -45,6 +45,9 @@ struct Entry {
     seen: HashMap<String, u64>,
     ready: u32,
     last: Option<Decision>,
+    /// The highest demand poked in the current second: pokes come once per held request,
+    /// each carrying the whole queue, so only the growth is new demand.
+    poked: Option<(u64, f64)>,
 }
 
 /// Every revision's buckets and decider.
@@ -92,6 +95,7 @@ impl Autoscaler {
                         seen: HashMap::new(),
                         ready,
                         last: None,
+                        poked: None,
                     },
                 );
             }
@@ -150,9 +154,21 @@ impl Autoscaler {
     /// The activator holds `demand` requests for a revision (at zero, or over capacity):
     /// record it and decide at once instead of waiting for the next tick.
     pub fn poke(&mut self, key: &RevisionKey, now: Duration, demand: f64) -> Option<Decision> {
+        let e = self.revisions.get_mut(key)?;
+        let second = now.as_secs();
+        let new_demand = match e.poked {
+            Some((s, max)) if s == second => (demand - max).max(0.0),
+            _ => demand,
+        };
+        e.poked = Some((
+            second,
+            e.poked
+                .filter(|(s, _)| *s == second)
+                .map_or(demand, |(_, m)| m.max(demand)),
+        ));
         let stat = Stat {
-            average_concurrency: demand,
-            request_count: demand,
+            average_concurrency: new_demand,
+            request_count: new_demand,
             window: 1.0,
             ..Stat::default()
         };

@@ -412,3 +412,21 @@ fn proxied_requests_count_once() {
         "140 / 70, not 280 / 70"
     );
 }
+
+#[test]
+fn pokes_within_a_second_count_the_queue_once() {
+    // The gateway pokes once per held request, each time with the whole queue (1, 2, ... 20):
+    // that is 20 requests of demand, not 210.
+    let mut s = Sim::new(&[], 0, cfg(), 0);
+    let key = s.key.clone();
+    let now = Duration::from_secs(3);
+    let mut last = None;
+    for q in 1..=20 {
+        last = s.a.poke(&key, now + Duration::from_millis(q), q as f64);
+    }
+    assert_eq!(
+        last.unwrap().desired,
+        1,
+        "20 held requests at 70 per instance: one"
+    );
+}

@@ -157,7 +157,7 @@ pub struct TemplateArgs {
     #[arg(long)]
     pub cmd: Option<String>,
     /// An argument for the program (repeatable).
-    #[arg(long = "arg")]
+    #[arg(long = "arg", allow_hyphen_values = true)]
     pub args: Vec<String>,
     /// Environment variable K=V (repeatable; `K-` removes K).
     #[arg(short = 'e', long)]
@@ -758,6 +758,21 @@ async fn wait_ready(
                     .and_then(|c| c["message"].as_str())
                     .unwrap_or_default();
                 eprintln!("Service '{name}' failed: {reason}: {msg}");
+                // The revision's own failing condition carries the container's reason.
+                if let Some(rev) = svc["status"]["latestCreatedRevisionName"].as_str()
+                    && let Ok(r) = client.get("Revision", ns, rev).await
+                {
+                    for c in r["status"]["conditions"].as_array().into_iter().flatten() {
+                        if c["status"] == json!("False") && c["type"] != json!("Ready") {
+                            eprintln!(
+                                "Revision '{rev}': {} is False: {}: {}",
+                                s(&c["type"]),
+                                s(&c["reason"]),
+                                s(&c["message"])
+                            );
+                        }
+                    }
+                }
                 return Ok(false);
             }
         }

@@ -66,7 +66,11 @@ pub fn revision_status(rev: &Revision, w: &WorkloadState) -> RevisionStatus {
             reasons::PROGRESS_DEADLINE_EXCEEDED,
             "Initial scale was never achieved.",
         )
-    } else if was(conditions::RESOURCES_AVAILABLE) {
+    } else if was(conditions::RESOURCES_AVAILABLE)
+        || (w.desired_replicas == 0 && w.failure.is_none())
+    {
+        // A workload asked for zero instances (initial-scale 0) is available as asked, as a
+        // Deployment at zero replicas is Available on Kubernetes.
         // Scaled to zero, or between instances: a revision that served stays Ready.
         Condition::truthy(conditions::RESOURCES_AVAILABLE)
     } else {
@@ -85,7 +89,10 @@ pub fn revision_status(rev: &Revision, w: &WorkloadState) -> RevisionStatus {
             &f.reason,
             &f.message,
         ),
-        _ if w.ready_replicas > 0 || was(conditions::CONTAINER_HEALTHY) => {
+        _ if w.ready_replicas > 0
+            || was(conditions::CONTAINER_HEALTHY)
+            || (w.exists && w.desired_replicas == 0) =>
+        {
             Condition::truthy(conditions::CONTAINER_HEALTHY)
         }
         _ => Condition::new(

@@ -59,6 +59,17 @@ fn revision_status_table() {
             ],
         ),
         (
+            "created at zero (initial-scale 0) is Ready without instances",
+            vec![],
+            state(true, 0, 0, Activity::Idle),
+            [
+                ("Active", "False", "NoTraffic"),
+                ("ContainerHealthy", "True", ""),
+                ("Ready", "True", ""),
+                ("ResourcesAvailable", "True", ""),
+            ],
+        ),
+        (
             "scaled to zero stays Ready",
             served.clone(),
             state(true, 0, 0, Activity::Idle),

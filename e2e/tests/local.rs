@@ -1,0 +1,421 @@
+//! Local mode end to end: real `ebb local up` processes, the real CLI, the example apps as host
+//! processes behind real queue-proxies, and real HTTP clients on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn serves_scales_to_zero_and_wakes_with_buffering() {
+    let ebb = Ebb::start();
+    let out = ebb.apply(&service_yaml("hello", "hello", &[], &[("TARGET", "e2e")]));
+    assert!(out.contains("service/hello created"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "http://hello.default.localhost:{}",
+            ebb.gateway.port()
+        )),
+        "apply prints the URL: {out}"
+    );
+    let rt = rt();
+    let client = http_client();
+    let (status, body) = rt.block_on(request(&client, ebb.gateway, &ebb.host("hello"), "/"));
+    assert_eq!((status, body.as_str()), (200, "Hello e2e! (hello-00001)\n"));
+
+    // Nothing for stable window (6 s) + grace (6 s): the instance goes away.
+    let took = wait_until("scale to zero", Duration::from_secs(40), || {
+        ebb.instances().is_empty()
+    });
+    assert!(
+        took >= Duration::from_secs(8),
+        "scaled to zero too early: {took:?}"
+    );
+    let rev = ebb.get_json("rev", "hello-00001");
+    assert_eq!(rev["status"]["actualReplicas"], 0);
+    let ready = rev["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "True", "a revision at zero stays Ready");
+
+    // The next requests wait in the gateway while an instance starts; all are answered.
+    let started = Instant::now();
+    let answers = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let (client, gw, host) = (client.clone(), ebb.gateway, ebb.host("hello"));
+            set.spawn(async move { request(&client, gw, &host, "/").await });
+        }
+        set.join_all().await
+    });
+    assert!(
+        answers
+            .iter()
+            .all(|(s, b)| *s == 200 && b.contains("hello-00001")),
+        "{answers:?}"
+    );
+    eprintln!("woke and answered 20 requests in {:?}", started.elapsed());
+    assert_eq!(ebb.ready_instances("hello-00001"), 1);
+}
+
+#[test]
+fn overload_into_a_cold_cc1_revision_all_answered() {
+    // Knative's TestActivatorOverload at 10x its load: 1,000 concurrent requests into a
+    // revision at zero with containerConcurrency 1 and max-scale 10.
+    let ebb = Ebb::start();
+    let yaml = service_yaml(
+        "overload",
+        "autoscale",
+        &[
+            ("autoscaling.knative.dev/initial-scale", "0"),
+            ("autoscaling.knative.dev/max-scale", "10"),
+        ],
+        &[],
+    )
+    .replace(
+        "    spec:\n      containers:",
+        "    spec:\n      containerConcurrency: 1\n      containers:",
+    );
+    ebb.apply(&yaml);
+    assert!(ebb.instances().is_empty(), "created cold (initial-scale 0)");
+    let rt = rt();
+    let client = http_client();
+    let started = Instant::now();
+    let answers = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..1000 {
+            let (client, gw, host) = (client.clone(), ebb.gateway, ebb.host("overload"));
+            set.spawn(async move { request(&client, gw, &host, "/?sleep=20").await });
+        }
+        set.join_all().await
+    });
+    let mut by_status: HashMap<u16, usize> = HashMap::new();
+    for (s, _) in &answers {
+        *by_status.entry(*s).or_default() += 1;
+    }
+    assert_eq!(
+        by_status.get(&200),
+        Some(&1000),
+        "statuses: {by_status:?}; e.g. {:?}",
+        answers.iter().find(|(s, _)| *s != 200)
+    );
+    let peak = ebb.instances().len();
+    eprintln!(
+        "1000 requests answered in {:?}; {peak} instances at the end",
+        started.elapsed()
+    );
+    assert!(peak <= 10, "max-scale 10 respected: {peak}");
+}
+
+#[test]
+fn revisions_split_tags_rollback_and_named_revisions() {
+    let ebb = Ebb::start();
+    ebb.apply(&service_yaml("web", "hello", &[], &[("TARGET", "one")]));
+    let out = ebb.ok(&["service", "update", "web", "--env", "TARGET=two"]);
+    assert!(out.contains("Service 'web' configured"), "{out}");
+    let revs = ebb.ok(&["get", "revisions"]);
+    assert!(
+        revs.contains("web-00001") && revs.contains("web-00002"),
+        "{revs}"
+    );
+
+    let rt = rt();
+    let client = http_client();
+    let count = |host: String, n: usize, tag: Option<&'static str>| {
+        rt.block_on(async {
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            for _ in 0..n {
+                let mut req =
+                    http::Request::get(format!("http://{}/", ebb.gateway)).header("host", &host);
+                if let Some(t) = tag {
+                    req = req.header("knative-serving-tag", t);
+                }
+                let resp = client
+                    .request(
+                        req.body(http_body_util::Full::new(bytes::Bytes::new()))
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                *seen
+                    .entry(String::from_utf8_lossy(&body).trim().to_string())
+                    .or_default() += 1;
+            }
+            seen
+        })
+    };
+    let latest = count(ebb.host("web"), 20, None);
+    assert_eq!(
+        latest.get("Hello two! (web-00002)"),
+        Some(&20),
+        "{latest:?}"
+    );
+
+    // 50/50 with a tag on the old revision.
+    ebb.ok(&[
+        "service",
+        "update",
+        "web",
+        "--traffic",
+        "web-00001=50,@latest=50",
+        "--tag",
+        "web-00001=old",
+    ]);
+    let split = count(ebb.host("web"), 400, None);
+    let one = split.get("Hello one! (web-00001)").copied().unwrap_or(0);
+    assert!(
+        (160..=240).contains(&one),
+        "50/50 within ±10% over 400 requests: {split:?}"
+    );
+    let tagged = count("old-web.default.localhost".into(), 10, None);
+    assert_eq!(
+        tagged.get("Hello one! (web-00001)"),
+        Some(&10),
+        "tag host: {tagged:?}"
+    );
+    let by_header = count(ebb.host("web"), 10, Some("old"));
+    assert_eq!(
+        by_header.get("Hello one! (web-00001)"),
+        Some(&10),
+        "tag header: {by_header:?}"
+    );
+    let routes = ebb.ok(&["get", "routes"]);
+    assert!(routes.contains("web-00001=50%(old)"), "{routes}");
+
+    // Rollback: everything to the old revision.
+    ebb.ok(&["service", "update", "web", "--traffic", "web-00001=100"]);
+    let back = count(ebb.host("web"), 20, None);
+    assert_eq!(back.get("Hello one! (web-00001)"), Some(&20), "{back:?}");
+
+    // A user-named revision, then traffic to it by name.
+    ebb.ok(&[
+        "service",
+        "update",
+        "web",
+        "--env",
+        "TARGET=blue",
+        "--revision-name",
+        "web-blue",
+        "--traffic",
+        "@latest=100",
+    ]);
+    let blue = count(ebb.host("web"), 5, None);
+    assert_eq!(blue.get("Hello blue! (web-blue)"), Some(&5), "{blue:?}");
+    let described = ebb.ok(&["describe", "ksvc", "web"]);
+    assert!(
+        described.contains("web-blue") && described.contains("Conditions:"),
+        "{described}"
+    );
+}
+
+#[test]
+fn invalid_services_are_refused_with_every_error_and_nothing_is_stored() {
+    let ebb = Ebb::start();
+    let good = service_yaml("fine", "hello", &[], &[]);
+    let bad = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: broken\nspec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/window: \"1s\"\n    spec:\n      containerConcurrency: -1\n      containers:\n        - image: ebb/hello\n          ports:\n            - containerPort: 8012\n  traffic:\n    - latestRevision: true\n      percent: 120\n";
+    let out = ebb.cli_stdin(&["apply", "-f", "-"], Some(&format!("{good}---\n{bad}")));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "Service default/broken: spec.template.metadata.annotations.autoscaling.knative.dev/window: invalid value \"1s\"",
+        "spec.template.spec.containerConcurrency",
+        "spec.template.spec.containers[0].ports[0].containerPort: invalid value \"8012\"",
+        "spec.traffic[0].percent: invalid value \"120\"",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    let listed = ebb.cli(&["get", "ksvc"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).trim().is_empty(),
+        "nothing stored"
+    );
+
+    // Not YAML at all, and a kind Ebb does not serve.
+    let out = ebb.cli_stdin(&["apply", "-f", "-"], Some("kind: [unclosed"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid YAML"));
+    let out = ebb.cli_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n"),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("apiVersion: invalid value"));
+}
+
+#[test]
+fn a_container_that_cannot_start_fails_the_apply_with_its_reason() {
+    let ebb = Ebb::start();
+    let out = ebb.cli_stdin(
+        &["apply", "-f", "-", "--wait-timeout", "60s"],
+        Some(&service_yaml("nope", "no-such-program-ebb", &[], &[])),
+    );
+    assert!(!out.status.success(), "apply must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("RunContainerError") && err.contains("no-such-program-ebb"),
+        "{err}"
+    );
+
+    // A process that exits before becoming ready: its exit code and last output.
+    let out = ebb.ok(&[
+        "service",
+        "create",
+        "crash",
+        "--cmd",
+        "sh",
+        "--arg",
+        "-c",
+        "--arg",
+        "echo boom >&2; exit 3",
+        "--no-wait",
+    ]);
+    assert!(out.contains("created"), "{out}");
+    let out = ebb.cli(&[
+        "service",
+        "update",
+        "crash",
+        "--env",
+        "A=1",
+        "--wait-timeout",
+        "60s",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("ExitCode3") && err.contains("boom"), "{err}");
+}
+
+#[test]
+fn restart_serves_again_and_a_killed_ebb_leaves_nothing_behind() {
+    let mut ebb = Ebb::start();
+    ebb.apply(&service_yaml("info", "runtime-info", &[], &[]));
+    let rt = rt();
+    let client = http_client();
+    let (status, body) = rt.block_on(request(&client, ebb.gateway, &ebb.host("info"), "/"));
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["env"]["K_REVISION"], "info-00001");
+    assert_eq!(info["env"]["K_SERVICE"], "info");
+    assert!(
+        info["env"]["PORT"].as_str().is_some_and(|p| p != "8080"),
+        "own port: {}",
+        info["env"]["PORT"]
+    );
+    assert!(
+        info["request"]["headers"]["x-forwarded-for"].is_string(),
+        "{body}"
+    );
+    let pid = info["pid"].as_u64().unwrap() as i32;
+    let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+
+    // Graceful stop takes the instances down; a restart serves without re-applying.
+    ebb.stop();
+    assert!(!alive(pid), "instance stopped with ebb");
+    ebb.launch();
+    let (status, body) = rt.block_on(request(&http_client(), ebb.gateway, &ebb.host("info"), "/"));
+    assert_eq!(status, 200, "{body}");
+    let pid = serde_json::from_str::<serde_json::Value>(&body).unwrap()["pid"]
+        .as_u64()
+        .unwrap() as i32;
+
+    // SIGKILL leaves the instance running; the next start reaps it.
+    ebb.kill();
+    assert!(alive(pid), "a killed ebb cannot stop its instances");
+    ebb.launch();
+    wait_until("orphan reaped", Duration::from_secs(5), || !alive(pid));
+    let (status, _) = rt.block_on(request(&http_client(), ebb.gateway, &ebb.host("info"), "/"));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn rollout_under_steady_load_loses_nothing() {
+    let ebb = Ebb::start();
+    ebb.apply(&service_yaml(
+        "steady",
+        "hello",
+        &[("autoscaling.knative.dev/min-scale", "1")],
+        &[("TARGET", "v1")],
+    ));
+    let rt = rt();
+    let client = http_client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen = Arc::new(std::sync::Mutex::new(HashMap::<String, usize>::new()));
+    let load = {
+        let (stop, ok, failed, seen) = (stop.clone(), ok.clone(), failed.clone(), seen.clone());
+        let (gw, host) = (ebb.gateway, ebb.host("steady"));
+        rt.spawn(async move {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..8 {
+                let (stop, ok, failed, seen, client, host) = (
+                    stop.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    seen.clone(),
+                    client.clone(),
+                    host.clone(),
+                );
+                set.spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let (s, body) = request(&client, gw, &host, "/").await;
+                        if s == 200 {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            *seen
+                                .lock()
+                                .unwrap()
+                                .entry(body.trim().to_string())
+                                .or_default() += 1;
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("failed: {s} {body}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                });
+            }
+            set.join_all().await;
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let before = ok.load(Ordering::Relaxed);
+    let started = Instant::now();
+    ebb.ok(&["service", "update", "steady", "--env", "TARGET=v2"]);
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(load).unwrap();
+    let during = ok.load(Ordering::Relaxed) - before;
+    let rps = during as f64 / started.elapsed().as_secs_f64();
+    let seen = seen.lock().unwrap().clone();
+    eprintln!("rollout: {rps:.0} rps during the change; {seen:?}");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no failed request during the rollout"
+    );
+    assert!(rps >= 200.0, "the load was at least 200 rps: {rps:.0}");
+    assert!(
+        seen.contains_key("Hello v1! (steady-00001)")
+            && seen.contains_key("Hello v2! (steady-00002)"),
+        "{seen:?}"
+    );
+}
