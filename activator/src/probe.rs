@@ -94,5 +94,38 @@ pub fn announce(rev: &Arc<RevisionState>, addrs: &[SocketAddr]) {
     }
 }
 
+/// The backend has seen an announced instance answer its own probe (the local runtime does):
+/// use it now rather than at the gateway's next probe.
+pub fn confirm(rev: &Arc<RevisionState>, addr: SocketAddr) {
+    let mut c = rev.candidates.lock().unwrap_or_else(|p| p.into_inner());
+    if c.announced.contains(&addr) && c.ready.insert(addr) {
+        publish(rev, &c);
+    }
+}
+
 /// Shared probe state lives on the revision; see [`announce`].
 pub type SharedCandidates = Mutex<Candidates>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::revisions::Revisions;
+    use crate::throttler::Limits;
+
+    #[tokio::test]
+    async fn confirm_uses_announced_instances_only() {
+        let revisions = Revisions::new(Limits::default());
+        // Port 9 (discard) on loopback: nothing answers the gateway's own probe.
+        let announced: SocketAddr = "127.0.0.1:9".parse().unwrap_or_else(|e| panic!("{e}"));
+        let stranger: SocketAddr = "127.0.0.1:10".parse().unwrap_or_else(|e| panic!("{e}"));
+        revisions.announce("default", "r-00001", &[announced]);
+        let rev = revisions.get("default", "r-00001");
+        assert_eq!(rev.throttler.endpoints(), 0);
+        revisions.confirm("default", "r-00001", stranger);
+        assert_eq!(rev.throttler.endpoints(), 0, "never announced: ignored");
+        revisions.confirm("default", "r-00001", announced);
+        assert_eq!(rev.throttler.endpoints(), 1, "confirmed: in use at once");
+        revisions.announce("default", "r-00001", &[]);
+        assert_eq!(rev.throttler.endpoints(), 0, "withdrawn");
+    }
+}

@@ -115,6 +115,11 @@ impl Revisions {
         crate::probe::announce(&self.get(namespace, name), addrs);
     }
 
+    /// An announced instance is known to answer (the backend probed it): use it at once.
+    pub fn confirm(&self, namespace: &str, name: &str, addr: SocketAddr) {
+        crate::probe::confirm(&self.get(namespace, name), addr);
+    }
+
     /// Publish a revision's ready instances directly, without probing (the backend vouches
     /// for them).
     pub fn set_endpoints(&self, namespace: &str, name: &str, addrs: &[SocketAddr]) {

@@ -6,8 +6,11 @@
 //! - `ebb-bench activator`: the gateway as a hop against nginx, memory per held request,
 //!   instance-ready to first response.
 //! - `ebb-bench autoscaler`: one KPA tick over 10,000 revisions, stat intake, poke latency.
+//! - `ebb-bench coldstart`: first request to a revision at zero through `ebb local up`,
+//!   minus the app's own start time.
 //! - `ebb-bench app --port N`: the trivial app (used by the above).
 
+mod coldstart;
 mod gateway;
 mod kpa;
 mod load;
@@ -54,6 +57,11 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(gateway::run(&args)),
+        Some("coldstart") => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+            .block_on(coldstart::run(&args)),
         Some("autoscaler") => kpa::run(arg(&args, "--revisions", "10000").parse()?),
         Some("queue-proxy") => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -62,7 +70,7 @@ fn main() -> anyhow::Result<()> {
             .block_on(queue_proxy_bench(&args)),
         _ => {
             eprintln!(
-                "usage: ebb-bench activator [--rate 1000] [--seconds 10] [--max-seconds 5] [--held 10000]\n       ebb-bench autoscaler [--revisions 10000]\n       ebb-bench queue-proxy [--queue-proxy-bin PATH] [--rate 1000] [--seconds 10] [--max-seconds 5] [--conns 32] [--max-conns 64]\n       ebb-bench app --port N"
+                "usage: ebb-bench activator [--rate 1000] [--seconds 10] [--max-seconds 5] [--held 10000]\n       ebb-bench autoscaler [--revisions 10000]\n       ebb-bench queue-proxy [--queue-proxy-bin PATH] [--rate 1000] [--seconds 10] [--max-seconds 5] [--conns 32] [--max-conns 64]\n       ebb-bench coldstart [--wakes 20]\n       ebb-bench app --port N"
             );
             std::process::exit(2)
         }

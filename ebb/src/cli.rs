@@ -363,8 +363,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(code)
         }
         Command::Get { kind, name, output } => {
-            let client = Client::for_state(&state)?;
             let kind = kind_name(&kind)?;
+            let client = Client::for_state(&state)?;
             let objs = match &name {
                 Some(n) => vec![refused_exit(client.get(kind, &ns, n).await)?],
                 None => client.list(kind, Some(&ns)).await?,
@@ -400,8 +400,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Describe { kind, name } => {
-            let client = Client::for_state(&state)?;
             let kind = kind_name(&kind)?;
+            let client = Client::for_state(&state)?;
             let obj = refused_exit(client.get(kind, &ns, &name).await)?;
             let related = if kind == "Service" {
                 client.list("Revision", Some(&ns)).await?
@@ -412,8 +412,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Delete { kind, name } => {
-            let client = Client::for_state(&state)?;
             let kind = kind_name(&kind)?;
+            let client = Client::for_state(&state)?;
             let deleted = refused_exit(client.delete(kind, &ns, &name).await)?;
             for d in deleted {
                 println!(

@@ -608,6 +608,9 @@ async fn supervise(
                 Some(Event::Ready(id)) => {
                     if let Some(r) = running.iter_mut().find(|r| r.id == id) {
                         r.ready = true;
+                        if let Some(addr) = r.serving.filter(|_| r.stop.is_some()) {
+                            rt.gateway.confirm(&key.namespace, &key.name, addr);
+                        }
                         ever_ready = true;
                         crashes = 0;
                         failure = None;

@@ -6,6 +6,7 @@
 //! aggressively again until it recovers.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -148,7 +149,7 @@ pub async fn probe_once(plan: &Plan) -> bool {
 }
 
 /// Probe forever, publishing readiness on `ready`. Stops when every receiver is gone.
-pub async fn run(plan: Plan, ready: watch::Sender<bool>) {
+pub async fn run(plan: Plan, ready: watch::Sender<bool>, probe_now: Arc<tokio::sync::Notify>) {
     tokio::time::sleep(plan.initial_delay).await;
     let (mut successes, mut failures) = (0u32, 0u32);
     loop {
@@ -170,12 +171,15 @@ pub async fn run(plan: Plan, ready: watch::Sender<bool>) {
         if ready.is_closed() {
             return;
         }
-        let period = if *ready.borrow() {
-            plan.period
+        if *ready.borrow() {
+            tokio::time::sleep(plan.period).await;
         } else {
-            AGGRESSIVE_PERIOD
-        };
-        tokio::time::sleep(period).await;
+            // Until ready: every 25 ms, or at once when a network probe asks.
+            tokio::select! {
+                _ = tokio::time::sleep(AGGRESSIVE_PERIOD) => {}
+                _ = probe_now.notified() => {}
+            }
+        }
     }
 }
 

@@ -70,6 +70,9 @@ impl tower_service::Service<Uri> for UserConnector {
 }
 
 /// Everything the request path shares.
+/// How long a network probe waits for the app to become ready before answering "not ready".
+const PROBE_WAIT: Duration = Duration::from_millis(10);
+
 #[derive(Debug)]
 pub struct Shared {
     pub cfg: Config,
@@ -78,6 +81,9 @@ pub struct Shared {
     pub tracker: Mutex<Tracker>,
     pub drain: Arc<Drain>,
     pub ready: watch::Receiver<bool>,
+    /// Wakes the prober for an immediate probe of the app (a network probe arrived while the
+    /// app is not ready yet).
+    pub probe_now: Arc<tokio::sync::Notify>,
     pub metrics: Metrics,
     pub traces: Option<crate::traces::Traces>,
 }
@@ -87,6 +93,7 @@ impl Shared {
         cfg: Config,
         drain: Arc<Drain>,
         ready: watch::Receiver<bool>,
+        probe_now: Arc<tokio::sync::Notify>,
         traces: Option<crate::traces::Traces>,
     ) -> Arc<Self> {
         let mut builder = Client::builder(TokioExecutor::new());
@@ -106,6 +113,7 @@ impl Shared {
             client,
             drain,
             ready,
+            probe_now,
             traces,
             cfg,
         })
@@ -253,6 +261,14 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     // 1. Probes.
     if let Some(p) = req.headers().get(wire::HEADER_NETWORK_PROBE) {
+        if !shared.is_ready() && !shared.drain.is_draining() {
+            // As Knative's queue-proxy does: a network probe while the app is not ready yet
+            // probes the app at once (and briefly waits for it), so a caller probing often
+            // learns of readiness within its own period rather than the prober's.
+            shared.probe_now.notify_one();
+            let mut ready = shared.ready.clone();
+            let _ = tokio::time::timeout(PROBE_WAIT, ready.wait_for(|r| *r)).await;
+        }
         return if p.as_bytes() == wire::PROBE_QUEUE.as_bytes() && shared.is_ready() {
             Response::new(text(wire::PROBE_QUEUE))
         } else if shared.drain.is_draining() {

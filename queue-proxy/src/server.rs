@@ -117,9 +117,11 @@ pub async fn run(
     });
 
     let (ready_tx, ready_rx) = watch::channel(false);
+    let probe_now = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(crate::probe::run(
         cfg.readiness_probe.plan(cfg.user_host, cfg.user_port),
         ready_tx,
+        probe_now.clone(),
     ));
     let drain = Drain::new(cfg.drain_quiet_period);
     let traces = match &cfg.otlp_endpoint {
@@ -128,7 +130,7 @@ pub async fn run(
         }
         None => None,
     };
-    let shared = Shared::new(cfg, drain, ready_rx, traces);
+    let shared = Shared::new(cfg, drain, ready_rx, probe_now, traces);
     let (stop_tx, stop_rx) = watch::channel(false);
     let latest = Arc::new(Mutex::new(wire::Stat {
         pod_name: shared.cfg.pod.clone(),

@@ -243,3 +243,43 @@ async fn stats_and_metrics() {
     assert!(text.contains("revision_name=\"hello-00001\""), "{text}");
     assert!(text.contains("namespace_name=\"default\""), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_probe_probes_a_not_yet_ready_app_at_once() {
+    // The app's health check fails until `healthy` flips; a network probe right after the
+    // flip must see it ready (the prober alone would notice only at its next 25 ms period).
+    let healthy = Arc::new(AtomicBool::new(false));
+    let h = healthy.clone();
+    let a = spawn_app(move |_req| {
+        let h = h.clone();
+        async move {
+            let mut r = http::Response::new(full("ok"));
+            if !h.load(Ordering::SeqCst) {
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            r
+        }
+    })
+    .await;
+    let qp = QueueProxy::start(
+        a.port(),
+        &[(
+            "SERVING_READINESS_PROBE",
+            r#"{"httpGet":{"path":"/healthz","port":0},"successThreshold":1}"#,
+        )],
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(probe(&qp).await, 503, "not ready while the app says so");
+    healthy.store(true, Ordering::SeqCst);
+    let asked = Instant::now();
+    assert_eq!(
+        probe(&qp).await,
+        200,
+        "ready on the first probe after the app is"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_millis(20),
+        "{:?}",
+        asked.elapsed()
+    );
+}
