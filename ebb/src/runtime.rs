@@ -292,7 +292,11 @@ impl Scaler for LocalScaler {
 struct Launch {
     revision: String,
     image: String,
+    /// What runs as a host process: command + args (or the image name + args).
     program: Vec<String>,
+    /// For podman: the image's entrypoint override and arguments, as Kubernetes defines them.
+    command: Vec<String>,
+    args: Vec<String>,
     env: Vec<(String, String)>,
     workdir: Option<String>,
     /// The queue-proxy's variables, ports left to the OS.
@@ -352,11 +356,10 @@ impl Launch {
         let image = user.image.clone().unwrap_or_default();
         let command = user.command.clone().unwrap_or_default();
         let args = user.args.clone().unwrap_or_default();
-        let program: Vec<String> = match opts.backend {
-            Backend::Process if command.is_empty() => {
-                std::iter::once(image.clone()).chain(args).collect()
-            }
-            _ => command.into_iter().chain(args).collect(),
+        let program: Vec<String> = if command.is_empty() {
+            std::iter::once(image.clone()).chain(args.clone()).collect()
+        } else {
+            command.iter().chain(&args).cloned().collect()
         };
         if pod.containers.len() > 2 && config_error.is_none() {
             tracing::warn!(
@@ -414,6 +417,8 @@ impl Launch {
             revision,
             image,
             program,
+            command,
+            args,
             env,
             workdir: user.working_dir.clone(),
             queue_env,
@@ -724,6 +729,19 @@ pub fn reap_orphans(state: &Path, backend: &Backend) -> usize {
     reaped
 }
 
+/// Podman's global flags: `EBB_PODMAN_GLOBAL_ARGS` (whitespace-separated) when set, else runc
+/// with cgroupfs, which works where crun fails on hybrid cgroup layouts.
+pub fn podman_global_args() -> Vec<String> {
+    match std::env::var("EBB_PODMAN_GLOBAL_ARGS") {
+        Ok(v) => v.split_whitespace().map(str::to_string).collect(),
+        Err(_) => vec![
+            "--runtime".into(),
+            "runc".into(),
+            "--cgroup-manager=cgroupfs".into(),
+        ],
+    }
+}
+
 /// Podman's flags that work on these machines (runc, cgroupfs, explicit ulimits), then the
 /// container on the host network so it listens on the loopback port it is given.
 fn podman_command(
@@ -732,10 +750,8 @@ fn podman_command(
     env: &BTreeMap<String, String>,
 ) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("podman");
+    cmd.args(podman_global_args());
     cmd.args([
-        "--runtime",
-        "runc",
-        "--cgroup-manager=cgroupfs",
         "run",
         "--rm",
         "--replace",
@@ -758,13 +774,13 @@ fn podman_command(
     if let Some(dir) = &launch.workdir {
         cmd.arg("--workdir").arg(dir);
     }
-    if let Some((first, rest)) = launch.program.split_first() {
-        cmd.arg("--entrypoint").arg(first);
-        cmd.arg(&launch.image);
-        cmd.args(rest);
-    } else {
-        cmd.arg(&launch.image);
+    if !launch.command.is_empty() {
+        // The JSON form keeps every element of `command` as one argument.
+        cmd.arg("--entrypoint")
+            .arg(serde_json::Value::from(launch.command.clone()).to_string());
     }
+    cmd.arg(&launch.image);
+    cmd.args(&launch.args);
     cmd
 }
 

@@ -42,6 +42,7 @@ pub struct Ebb {
     pub child: Option<Child>,
     pub gateway: SocketAddr,
     pub api: SocketAddr,
+    pub extra: Vec<String>,
 }
 
 fn path_env() -> std::ffi::OsString {
@@ -55,6 +56,11 @@ fn path_env() -> std::ffi::OsString {
 impl Ebb {
     /// Start local mode with the short autoscaler windows, on free ports.
     pub fn start() -> Ebb {
+        Ebb::start_with(&[])
+    }
+
+    /// Start with extra `ebb local up` flags.
+    pub fn start_with(extra: &[&str]) -> Ebb {
         let state = std::env::temp_dir().join(format!(
             "ebb-e2e-{}-{}",
             std::process::id(),
@@ -65,6 +71,7 @@ impl Ebb {
             child: None,
             gateway: "127.0.0.1:0".parse().expect("addr"),
             api: "127.0.0.1:0".parse().expect("addr"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         ebb.launch();
         ebb
@@ -83,6 +90,7 @@ impl Ebb {
             .args(["local", "up", "--listen", "127.0.0.1:0", "--grace", "5s"])
             .arg("--config")
             .arg(config_file())
+            .args(&self.extra)
             .env("PATH", path_env())
             .env("EBB_LOG", "info")
             .stdout(log.try_clone().expect("log"))
