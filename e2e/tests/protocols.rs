@@ -128,3 +128,46 @@ fn websocket_through_gateway_and_queue_proxy() {
         ws.close(None).await.unwrap();
     });
 }
+
+#[test]
+fn a_slow_starting_app_is_waited_for_and_its_logs_are_kept() {
+    let ebb = Ebb::start();
+    ebb.apply(&service_yaml(
+        "slow",
+        "slowstart",
+        &[("autoscaling.knative.dev/initial-scale", "0")],
+        &[("READY_DELAY_MS", "1500")],
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let started = std::time::Instant::now();
+    let answers = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let (gw, host) = (ebb.gateway, ebb.host("slow"));
+            set.spawn(async move { request(&http_client(), gw, &host, "/").await });
+        }
+        set.join_all().await
+    });
+    assert!(
+        answers
+            .iter()
+            .all(|(s, b)| *s == 200 && b == "ready after 1500 ms\n"),
+        "{answers:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "held until the app was ready"
+    );
+    let logs = ebb.ok(&["logs", "slow"]);
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with("[slow-00001-")
+                && l.contains("] slowstart listening on 127.0.0.1:")),
+        "{logs}"
+    );
+    let yaml = ebb.ok(&["get", "rev", "slow-00001", "-o", "yaml"]);
+    assert!(
+        yaml.contains("name: slow-00001") && yaml.contains("actualReplicas: 1"),
+        "{yaml}"
+    );
+}
