@@ -38,6 +38,7 @@ enum Event {
     Instances(RevisionKey, Vec<Instance>),
     Poke(RevisionKey, f64),
     Activator(RevisionKey, wire::Stat),
+    Reset,
 }
 
 /// How the backend talks to the running autoscaler. Cheap to clone.
@@ -60,6 +61,11 @@ impl Handle {
     /// The activator's per-second report for a revision (requests it holds or forwards).
     pub fn activator_stat(&self, key: RevisionKey, stat: wire::Stat) {
         let _ = self.tx.send(Event::Activator(key, stat));
+    }
+    /// Forget which scales were applied, so every next decision is applied again (after
+    /// gaining leadership: another replica may have scaled in between).
+    pub fn reset_applied(&self) {
+        let _ = self.tx.send(Event::Reset);
     }
     /// The activator holds `demand` requests for a revision: decide now.
     pub fn poke(&self, key: RevisionKey, demand: f64) {
@@ -120,6 +126,8 @@ impl Runner {
             Ok(()) => {
                 self.applied.insert(key, desired);
             }
+            // A follower decides (its state stays warm) but does not apply.
+            Err(crate::scaler::ScaleError::NotLeader) => {}
             // Kept unapplied: the next decision tries again. The last scale stays in force.
             Err(e) => tracing::warn!(error = %e, "scaling failed; will retry"),
         }
@@ -198,6 +206,7 @@ impl Runner {
                         }
                         self.instances.insert(key, list);
                     }
+                    Some(Event::Reset) => self.applied.clear(),
                     Some(Event::Poke(key, demand)) => self.decide(&key, Some(demand)).await,
                     Some(Event::Activator(key, stat)) => {
                         let now = self.now();

@@ -9,6 +9,9 @@ use crate::collector::RevisionKey;
 pub enum ScaleError {
     #[error("revision {0:?} has no workload to scale")]
     NotFound(RevisionKey),
+    /// This replica is not the leader: another one applies decisions.
+    #[error("not the leader")]
+    NotLeader,
     #[error("scaling {key:?} failed: {reason}")]
     Failed { key: RevisionKey, reason: String },
 }

@@ -13,6 +13,8 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+pub mod fake_api;
+
 pub type AppBody = BoxBody<Bytes, std::io::Error>;
 
 pub fn full(b: impl Into<Bytes>) -> AppBody {

@@ -1,0 +1,160 @@
+//! `ebb-activator`: the gateway on Kubernetes. Wiring only; see `ebb_kubernetes::gateway`.
+//!
+//! Environment: `SYSTEM_NAMESPACE` (default ebb-system), `POD_NAME`,
+//! `EBB_ACTIVATOR_ADDRESS` (public routes; default 0.0.0.0:8080),
+//! `EBB_ACTIVATOR_INTERNAL_ADDRESS` (cluster-local routes too; default 0.0.0.0:8081),
+//! `EBB_ACTIVATOR_METRICS_ADDRESS` (Prometheus and health; default 0.0.0.0:9090),
+//! `EBB_AUTOSCALER_SERVICE` (default ebb-autoscaler), `EBB_GRACE` (seconds; default 20),
+//! `EBB_LOG`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use activator::gateway::{Gateway, serve_with_grace};
+use activator::revisions::Revisions;
+use activator::routes::{Listener, RoutingTable};
+use activator::throttler::Limits;
+use bytes::Bytes;
+use ebb_kubernetes::gateway::{Reporter, watch_autoscalers, watch_inputs};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+async fn bind(var: &str, default: &str) -> anyhow::Result<TcpListener> {
+    let addr = env(var, default);
+    TcpListener::bind(&addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("{var} {addr}: {e}"))
+}
+
+async fn run() -> anyhow::Result<()> {
+    let namespace = env("SYSTEM_NAMESPACE", ebb_kubernetes::DEFAULT_SYSTEM_NAMESPACE);
+    let pod = env("POD_NAME", &format!("ebb-activator-{}", std::process::id()));
+    let autoscaler_service = env("EBB_AUTOSCALER_SERVICE", "ebb-autoscaler");
+    let grace = Duration::from_secs(
+        env("EBB_GRACE", "20")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("EBB_GRACE: must be a whole number of seconds"))?,
+    );
+    let client = ebb_kubernetes::client().await?;
+    let public = bind("EBB_ACTIVATOR_ADDRESS", "0.0.0.0:8080").await?;
+    let internal = bind("EBB_ACTIVATOR_INTERNAL_ADDRESS", "0.0.0.0:8081").await?;
+    let metrics_listener = bind("EBB_ACTIVATOR_METRICS_ADDRESS", "0.0.0.0:9090").await?;
+    println!(
+        "ebb-activator {pod}: public {} internal {} metrics {}",
+        public.local_addr()?,
+        internal.local_addr()?,
+        metrics_listener.local_addr()?
+    );
+
+    let revisions = Arc::new(Revisions::new(Limits::default()));
+    let metrics = Arc::new(activator::metrics::Metrics::default());
+    let (routes_tx, routes_rx) = watch::channel(Arc::new(RoutingTable::default()));
+    let (targets_tx, targets_rx) = watch::channel(Vec::new());
+    let reporter = Reporter::new(targets_rx);
+    let gateway = |listener: Listener| {
+        let reporter = reporter.clone();
+        Gateway {
+            routes: routes_rx.clone(),
+            revisions: revisions.clone(),
+            listener,
+            poke: Arc::new(move |ns: &str, rev: &str, demand: usize| {
+                reporter.poke(ns, rev, demand)
+            }),
+            metrics: metrics.clone(),
+        }
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let servers = [
+        tokio::spawn(serve_with_grace(
+            public,
+            gateway(Listener::External),
+            stop_rx.clone(),
+            grace,
+        )),
+        tokio::spawn(serve_with_grace(
+            internal,
+            gateway(Listener::Internal),
+            stop_rx.clone(),
+            grace,
+        )),
+    ];
+    let background = [
+        tokio::spawn(watch_inputs(client.clone(), routes_tx, revisions.clone())),
+        tokio::spawn({
+            let client = client.clone();
+            async move { watch_autoscalers(client, &namespace, &autoscaler_service, targets_tx).await }
+        }),
+        tokio::spawn(
+            reporter
+                .clone()
+                .run(revisions.clone(), metrics.clone(), pod),
+        ),
+        tokio::spawn(serve_metrics(metrics_listener, metrics, revisions)),
+    ];
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    // Stop accepting, finish in-flight and queued requests (bounded by the grace), exit.
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = s.await;
+    }
+    for b in background {
+        b.abort();
+    }
+    Ok(())
+}
+
+async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<activator::metrics::Metrics>,
+    revisions: Arc<Revisions>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (metrics, revisions) = (metrics.clone(), revisions.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                move |req: http::Request<hyper::body::Incoming>| {
+                    let body = match req.uri().path() {
+                        "/metrics" => metrics.encode(&revisions),
+                        _ => "ok\n".to_string(),
+                    };
+                    async move { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body)))) }
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(e) = run().await {
+        eprintln!("ebb-activator: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,208 @@
+//! The activator on Kubernetes: Routes become the routing table, Revisions their settings,
+//! EndpointSlices the instances (announced; the gateway probes each itself). Demand goes to
+//! every autoscaler replica: a per-second report and a poke when a request waits at zero.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use activator::revisions::{RevisionSettings, Revisions};
+use activator::routes::RoutingTable;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::watcher;
+use serving_api::{Revision, Route};
+use tokio::sync::watch;
+
+use crate::autoscaler::{ActivatorStat, POKE_PATH, Poke, STATS_PATH};
+use crate::endpoints::{by_revision, serving_addrs};
+use crate::mirror::mirror;
+
+/// Keep the routing table, revision settings and instances in line with the API.
+pub async fn watch_inputs(
+    client: kube::Client,
+    routes: watch::Sender<Arc<RoutingTable>>,
+    revisions: Arc<Revisions>,
+) {
+    let route_watch = mirror(
+        Api::<Route>::all(client.clone()),
+        watcher::Config::default(),
+        move |snapshot| {
+            routes.send_replace(Arc::new(RoutingTable::build(snapshot.values())));
+        },
+    );
+    let settings = {
+        let revisions = revisions.clone();
+        mirror(
+            Api::<Revision>::all(client.clone()),
+            watcher::Config::default(),
+            move |snapshot| {
+                for ((ns, name), r) in snapshot {
+                    let (_, h2c) = r.spec.serving_port();
+                    revisions.configure(
+                        ns,
+                        name,
+                        RevisionSettings {
+                            container_concurrency: usize::try_from(
+                                r.spec.container_concurrency.unwrap_or(0),
+                            )
+                            .unwrap_or(0),
+                            timeout: Duration::from_secs(
+                                r.spec.timeout_seconds.unwrap_or(300).max(1) as u64,
+                            ),
+                            h2c,
+                        },
+                    );
+                }
+            },
+        )
+    };
+    let endpoints = {
+        let mut announced: BTreeSet<(String, String)> = BTreeSet::new();
+        mirror(
+            Api::<EndpointSlice>::all(client),
+            watcher::Config::default().labels(serving_api::labels::REVISION),
+            move |snapshot| {
+                let now = by_revision(snapshot);
+                for ((ns, rev), list) in &now {
+                    revisions.announce(ns, rev, &serving_addrs(list));
+                }
+                for (ns, rev) in announced.iter().filter(|k| !now.contains_key(*k)) {
+                    revisions.announce(ns, rev, &[]);
+                }
+                announced = now.into_keys().collect();
+            },
+        )
+    };
+    tokio::join!(route_watch, settings, endpoints);
+}
+
+/// The autoscaler replicas' intake addresses, from the autoscaler Service's EndpointSlices.
+pub async fn watch_autoscalers(
+    client: kube::Client,
+    namespace: &str,
+    service: &str,
+    targets: watch::Sender<Vec<SocketAddr>>,
+) {
+    mirror(
+        Api::<EndpointSlice>::namespaced(client, namespace),
+        watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}")),
+        move |snapshot| {
+            let mut addrs: Vec<SocketAddr> = snapshot
+                .values()
+                .flat_map(|slice| {
+                    let port = slice
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find_map(|p| p.port)
+                        .and_then(|p| u16::try_from(p).ok())
+                        .unwrap_or(8080);
+                    slice
+                        .endpoints
+                        .iter()
+                        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+                        .flat_map(|e| e.addresses.clone())
+                        .filter_map(move |a| a.parse().ok().map(|ip| SocketAddr::new(ip, port)))
+                })
+                .collect();
+            addrs.sort();
+            addrs.dedup();
+            targets.send_replace(addrs);
+        },
+    )
+    .await;
+}
+
+/// Sends demand to every autoscaler replica. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Reporter {
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+    targets: watch::Receiver<Vec<SocketAddr>>,
+}
+
+impl Reporter {
+    pub fn new(targets: watch::Receiver<Vec<SocketAddr>>) -> Reporter {
+        Reporter {
+            http: HttpClient::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build_http(),
+            targets,
+        }
+    }
+
+    fn post(&self, path: &'static str, body: Vec<u8>) {
+        let targets = self.targets.borrow().clone();
+        for t in targets {
+            let http = self.http.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let Ok(req) = http::Request::post(format!("http://{t}{path}"))
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                else {
+                    return;
+                };
+                match tokio::time::timeout(Duration::from_secs(1), http.request(req)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(target = %t, error = %e, "autoscaler unreachable")
+                    }
+                    Err(_) => tracing::debug!(target = %t, "autoscaler slow"),
+                }
+            });
+        }
+    }
+
+    /// A request waits for a revision with no instance: decide now.
+    pub fn poke(&self, namespace: &str, revision: &str, demand: usize) {
+        let p = Poke {
+            namespace: namespace.into(),
+            revision: revision.into(),
+            demand: demand as f64,
+        };
+        if let Ok(body) = serde_json::to_vec(&p) {
+            self.post(POKE_PATH, body);
+        }
+    }
+
+    /// Sample demand every 100 ms, report it every second, forever.
+    pub async fn run(
+        self,
+        revisions: Arc<Revisions>,
+        metrics: Arc<activator::metrics::Metrics>,
+        pod: String,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut n = 0u32;
+        loop {
+            tick.tick().await;
+            metrics.sample(&revisions);
+            n += 1;
+            if !n.is_multiple_of(10) {
+                continue;
+            }
+            let stats: Vec<ActivatorStat> = metrics
+                .report(&revisions, &pod, Duration::from_secs(1))
+                .into_iter()
+                .map(|(namespace, revision, stat)| ActivatorStat {
+                    namespace,
+                    revision,
+                    stat,
+                })
+                .collect();
+            if stats.is_empty() {
+                continue;
+            }
+            if let Ok(body) = serde_json::to_vec(&stats) {
+                self.post(STATS_PATH, body);
+            }
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Kubernetes backends for the data plane: what the autoscaler and the activator read from the
+//! API server (Revisions, Routes, EndpointSlices) and write to it (Deployment scale, a Lease).
+//! The decisions and the proxying live in the `autoscaler` and `activator` crates; this crate
+//! only translates between them and the API. The binaries in `src/bin` wire it.
+
+pub mod autoscaler;
+pub mod endpoints;
+pub mod gateway;
+pub mod leader;
+pub mod mirror;
+
+/// The namespace Ebb's components run in unless `SYSTEM_NAMESPACE` says otherwise.
+pub const DEFAULT_SYSTEM_NAMESPACE: &str = "ebb-system";
+
+/// A kube client from the environment: in-cluster config, else `KUBECONFIG`/`~/.kube/config`.
+pub async fn client() -> anyhow::Result<kube::Client> {
+    let config = kube::Config::infer().await.map_err(|e| {
+        anyhow::anyhow!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}")
+    })?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// A kube client for an API server URL (tests use the fake API server).
+pub fn client_for(url: &str) -> anyhow::Result<kube::Client> {
+    let uri: http::Uri = url.parse()?;
+    Ok(kube::Client::try_from(kube::Config::new(uri))?)
+}

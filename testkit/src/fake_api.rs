@@ -1,0 +1,547 @@
+//! A small stateful stand-in for the Kubernetes API server, on a real loopback socket, for
+//! testing Kubernetes code where no cluster can run. Test support, not a product.
+//!
+//! What it does: objects of any resource kept by collection (`{group}/{version}/{plural}`),
+//! namespace and name; list (with `labelSelector` equality terms), `watch=true` streams of
+//! newline-delimited WatchEvents (replayed from `resourceVersion`, then live), get, create
+//! (409 if present), replace (409 on a stale resourceVersion), JSON merge patch for every patch
+//! type (enough for `/scale` and `/status`), delete. Every request is recorded.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+#[derive(Debug, Default)]
+struct State {
+    rv: u64,
+    /// (collection, namespace, name) → object.
+    objects: BTreeMap<(String, String, String), Value>,
+    /// Every change: (collection, rv, type, object).
+    log: Vec<(String, u64, &'static str, Value)>,
+    requests: Vec<(String, String)>,
+    /// Requests (method, path prefix) to fail once with 500, for retry tests.
+    fail_once: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<(String, u64, &'static str, Value)>,
+}
+
+/// `kind` → plural, for the kinds Ebb touches.
+pub fn plural(kind: &str) -> String {
+    match kind {
+        "EndpointSlice" => "endpointslices".into(),
+        "Ingress" => "ingresses".into(),
+        other => format!("{}s", other.to_ascii_lowercase()),
+    }
+}
+
+/// The collection of an object from its apiVersion and kind.
+pub fn collection(api_version: &str, kind: &str) -> String {
+    let gv = if api_version.contains('/') {
+        api_version.to_string()
+    } else {
+        format!("core/{api_version}")
+    };
+    format!("{gv}/{}", plural(kind))
+}
+
+struct Path {
+    collection: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Path> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (gv, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => (format!("core/{v}"), rest),
+        ["apis", g, v, rest @ ..] => (format!("{g}/{v}"), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        rest => (None, rest),
+    };
+    let (plural, name, sub) = match rest {
+        [p] => (p, None, None),
+        [p, n] => (p, Some(n.to_string()), None),
+        [p, n, s] => (p, Some(n.to_string()), Some(s.to_string())),
+        _ => return None,
+    };
+    Some(Path {
+        collection: format!("{gv}/{plural}"),
+        namespace,
+        name,
+        sub,
+    })
+}
+
+fn query(uri: &http::Uri) -> BTreeMap<String, String> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// Equality terms only (`a=b,c==d`), and bare keys (exists).
+fn selects(selector: Option<&String>, obj: &Value) -> bool {
+    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    sel.split(',').all(|term| {
+        let labels = &obj["metadata"]["labels"];
+        match term.split_once("==").or_else(|| term.split_once('=')) {
+            Some((k, v)) if k.ends_with('!') => labels[k.trim_end_matches('!')].as_str() != Some(v),
+            Some((k, v)) => labels[k].as_str() == Some(v),
+            None => !labels[term].is_null(),
+        }
+    })
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Some(t) = target.as_object_mut() {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response<Body> {
+    json_response(
+        code,
+        &json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "reason": reason, "message": message, "code": code.as_u16(),
+        }),
+    )
+}
+
+impl FakeApi {
+    /// Serve on 127.0.0.1 (any free port).
+    pub async fn start() -> FakeApi {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let api = FakeApi {
+            addr,
+            state: Arc::default(),
+            events: broadcast::channel(4096).0,
+        };
+        let server = api.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let api = server.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let api = api.clone();
+                        async move { Ok::<_, Infallible>(api.handle(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        api
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig pointing at this server (for binaries run as processes).
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
+            self.url()
+        )
+    }
+
+    fn record(&self, s: &mut State, coll: &str, kind: &'static str, obj: Value) {
+        s.log.push((coll.to_string(), s.rv, kind, obj.clone()));
+        let _ = self.events.send((coll.to_string(), s.rv, kind, obj));
+    }
+
+    /// Create or replace an object from the test's side (as another controller or the kubelet
+    /// would), with a new resourceVersion and a watch event.
+    pub fn put(&self, mut obj: Value) -> Value {
+        let coll = collection(
+            obj["apiVersion"].as_str().unwrap_or("v1"),
+            obj["kind"].as_str().unwrap_or_default(),
+        );
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+        if obj["metadata"]["uid"].is_null() {
+            obj["metadata"]["uid"] = json!(format!("uid-{}-{}", name, s.rv));
+        }
+        let key = (coll.clone(), ns, name);
+        let kind = if s.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        s.objects.insert(key, obj.clone());
+        self.record(&mut s, &coll, kind, obj.clone());
+        obj
+    }
+
+    pub fn remove(&self, coll: &str, ns: &str, name: &str) -> Option<Value> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let obj = s
+            .objects
+            .remove(&(coll.to_string(), ns.to_string(), name.to_string()))?;
+        s.rv += 1;
+        self.record(&mut s, coll, "DELETED", obj.clone());
+        Some(obj)
+    }
+
+    pub fn get(&self, coll: &str, ns: &str, name: &str) -> Option<Value> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.objects
+            .get(&(coll.to_string(), ns.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    pub fn list(&self, coll: &str) -> Vec<Value> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.objects
+            .iter()
+            .filter(|((c, _, _), _)| c == coll)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// (method, path) of every request so far.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .requests
+            .clone()
+    }
+
+    /// The next request with this method whose path starts with `prefix` fails with 500.
+    pub fn fail_once(&self, method: &str, prefix: &str) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fail_once
+            .push((method.to_string(), prefix.to_string()));
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let q = query(&uri);
+        {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.requests
+                .push((method.to_string(), uri.path().to_string()));
+            if let Some(i) = s
+                .fail_once
+                .iter()
+                .position(|(m, p)| *m == method.as_str() && uri.path().starts_with(p.as_str()))
+            {
+                s.fail_once.remove(i);
+                return status(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "injected failure".into(),
+                );
+            }
+        }
+        let Some(p) = parse_path(uri.path()) else {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("no route {}", uri.path()),
+            );
+        };
+        let body: Value = match req.into_body().collect().await {
+            Ok(b) => {
+                let bytes = b.to_bytes();
+                if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    // kube sends JSON for every verb, apply patches included.
+                    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+                }
+            }
+            Err(_) => Value::Null,
+        };
+        match (method, p.name.clone()) {
+            (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+                self.watch(p, &q)
+            }
+            (Method::GET, None) => {
+                let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let items: Vec<Value> = s
+                    .objects
+                    .iter()
+                    .filter(|((c, ns, _), _)| {
+                        *c == p.collection && p.namespace.as_ref().is_none_or(|n| n == ns)
+                    })
+                    .map(|(_, v)| v.clone())
+                    .filter(|v| selects(q.get("labelSelector"), v))
+                    .collect();
+                json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "apiVersion": "v1", "kind": "List",
+                        "metadata": { "resourceVersion": s.rv.to_string() },
+                        "items": items,
+                    }),
+                )
+            }
+            (Method::GET, Some(name)) => {
+                match self.get(&p.collection, p.namespace.as_deref().unwrap_or(""), &name) {
+                    Some(v) if p.sub.as_deref() == Some("scale") => {
+                        json_response(StatusCode::OK, &scale_of(&v))
+                    }
+                    Some(v) => json_response(StatusCode::OK, &v),
+                    None => status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("{name} not found"),
+                    ),
+                }
+            }
+            (Method::POST, None) => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let ns = p.namespace.clone().unwrap_or_default();
+                if self.get(&p.collection, &ns, &name).is_some() {
+                    return status(
+                        StatusCode::CONFLICT,
+                        "AlreadyExists",
+                        format!("{name} already exists"),
+                    );
+                }
+                let mut obj = body;
+                obj["metadata"]["namespace"] = json!(ns);
+                json_response(StatusCode::CREATED, &self.put(obj))
+            }
+            (Method::PUT, Some(name)) => {
+                let ns = p.namespace.clone().unwrap_or_default();
+                let stored = self.get(&p.collection, &ns, &name);
+                let sent_rv = body["metadata"]["resourceVersion"].as_str();
+                match &stored {
+                    None if p.sub.is_some() => {
+                        return status(
+                            StatusCode::NOT_FOUND,
+                            "NotFound",
+                            format!("{name} not found"),
+                        );
+                    }
+                    Some(s)
+                        if sent_rv.is_some()
+                            && sent_rv != s["metadata"]["resourceVersion"].as_str() =>
+                    {
+                        return status(
+                            StatusCode::CONFLICT,
+                            "Conflict",
+                            format!("{name}: the object has been modified"),
+                        );
+                    }
+                    _ => {}
+                }
+                let mut obj = match (p.sub.as_deref(), stored) {
+                    (Some("status"), Some(mut s)) => {
+                        s["status"] = body["status"].clone();
+                        s
+                    }
+                    _ => body,
+                };
+                obj["metadata"]["namespace"] = json!(ns);
+                json_response(StatusCode::OK, &self.put(obj))
+            }
+            (Method::PATCH, Some(name)) => {
+                let ns = p.namespace.clone().unwrap_or_default();
+                let Some(mut obj) = self.get(&p.collection, &ns, &name) else {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("{name} not found"),
+                    );
+                };
+                match p.sub.as_deref() {
+                    Some("scale") => {
+                        if let Some(r) = body["spec"]["replicas"].as_i64() {
+                            obj["spec"]["replicas"] = json!(r);
+                        }
+                        let stored = self.put(obj);
+                        json_response(StatusCode::OK, &scale_of(&stored))
+                    }
+                    Some("status") => {
+                        merge(&mut obj["status"], &body["status"]);
+                        json_response(StatusCode::OK, &self.put(obj))
+                    }
+                    _ => {
+                        let mut patch = body;
+                        if let Some(m) = patch["metadata"].as_object_mut() {
+                            m.remove("resourceVersion");
+                        }
+                        merge(&mut obj, &patch);
+                        json_response(StatusCode::OK, &self.put(obj))
+                    }
+                }
+            }
+            (Method::DELETE, Some(name)) => {
+                match self.remove(&p.collection, p.namespace.as_deref().unwrap_or(""), &name) {
+                    Some(v) => json_response(StatusCode::OK, &v),
+                    None => status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("{name} not found"),
+                    ),
+                }
+            }
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "unsupported".into(),
+            ),
+        }
+    }
+
+    fn watch(&self, p: Path, q: &BTreeMap<String, String>) -> Response<Body> {
+        let from: u64 = q
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let selector = q.get("labelSelector").cloned();
+        let matches = {
+            let coll = p.collection.clone();
+            let ns = p.namespace.clone();
+            move |c: &str, obj: &Value| {
+                c == coll
+                    && ns
+                        .as_ref()
+                        .is_none_or(|n| obj["metadata"]["namespace"].as_str() == Some(n))
+                    && selects(selector.as_ref(), obj)
+            }
+        };
+        let (backlog, rx) = {
+            let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let backlog: Vec<Bytes> = s
+                .log
+                .iter()
+                .filter(|(c, rv, _, obj)| *rv > from && matches(c, obj))
+                .map(|(_, _, t, obj)| line(t, obj))
+                .collect();
+            (backlog, self.events.subscribe())
+        };
+        let stream = futures_util::stream::unfold(
+            (backlog.into_iter(), rx, matches),
+            |(mut backlog, mut rx, matches)| async move {
+                if let Some(b) = backlog.next() {
+                    return Some((Ok(Frame::data(b)), (backlog, rx, matches)));
+                }
+                loop {
+                    match rx.recv().await {
+                        Ok((c, _, t, obj)) if matches(&c, &obj) => {
+                            return Some((Ok(Frame::data(line(t, &obj))), (backlog, rx, matches)));
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            },
+        );
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+}
+
+fn line(t: &str, obj: &Value) -> Bytes {
+    Bytes::from(format!("{}\n", json!({ "type": t, "object": obj })))
+}
+
+fn scale_of(obj: &Value) -> Value {
+    json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": { "name": obj["metadata"]["name"], "namespace": obj["metadata"]["namespace"],
+                      "resourceVersion": obj["metadata"]["resourceVersion"] },
+        "spec": { "replicas": obj["spec"]["replicas"].as_i64().unwrap_or(0) },
+        "status": { "replicas": obj["status"]["replicas"].as_i64().unwrap_or(0) },
+    })
+}
