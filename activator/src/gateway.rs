@@ -36,6 +36,8 @@ pub struct Gateway {
     pub listener: Listener,
     pub poke: Poke,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// A span per routed request, continuing `traceparent` (None: tracing off).
+    pub traces: Option<Arc<ebb_traces::Traces>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -54,6 +56,7 @@ pub struct Ctx {
     /// Set for errors we classify ourselves (status, reason).
     refusal: Option<(u16, String)>,
     route: Option<String>,
+    span: Option<ebb_traces::Span>,
 }
 
 fn host_of(req: &RequestHeader) -> String {
@@ -125,6 +128,26 @@ impl ProxyHttp for Gateway {
         let rev = self.revisions.get(&target.namespace, revision);
         rev.arrivals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = &self.traces {
+            let req = session.req_header();
+            let (method, path) = (req.method.to_string(), req.uri.path().to_string());
+            let (span, next) = t.start(
+                &req.headers,
+                &method,
+                &path,
+                vec![
+                    ebb_traces::KeyValue::new("k8s.namespace.name", rev.namespace.clone()),
+                    ebb_traces::KeyValue::new("knative.route", target.route.clone()),
+                    ebb_traces::KeyValue::new("knative.revision", rev.name.clone()),
+                ],
+            );
+            // The queue-proxy's span becomes a child of ours.
+            let req = session.req_header_mut();
+            for (k, v) in next.iter() {
+                let _ = req.insert_header(k.clone(), v.clone());
+            }
+            ctx.span = Some(span);
+        }
         ctx.revision = Some(rev);
         ctx.route = Some(target.route.clone());
         Ok(false)
@@ -276,6 +299,9 @@ impl ProxyHttp for Gateway {
                 .map_or(std::time::Duration::ZERO, |s| s.elapsed());
             self.metrics
                 .request(&rev.namespace, route, &rev.name, status, took);
+            if let Some(span) = ctx.span.take() {
+                ebb_traces::Traces::finish(span, status);
+            }
         }
     }
 }

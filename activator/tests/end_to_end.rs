@@ -84,6 +84,15 @@ async fn queue_proxy(app: SocketAddr, h2c: bool) -> SocketAddr {
 
 /// A gateway serving `http://{route}.default.localhost` → `revision` (100%).
 async fn gateway_for(route: &str, revision: &str, revisions: Arc<Revisions>) -> SocketAddr {
+    traced_gateway_for(route, revision, revisions, None).await
+}
+
+async fn traced_gateway_for(
+    route: &str,
+    revision: &str,
+    revisions: Arc<Revisions>,
+    traces: Option<Arc<ebb_traces::Traces>>,
+) -> SocketAddr {
     let r: serving_api::Route = serde_json::from_value(serde_json::json!({
         "apiVersion": "serving.knative.dev/v1", "kind": "Route",
         "metadata": {"name": route, "namespace": "default"}, "spec": {},
@@ -102,6 +111,7 @@ async fn gateway_for(route: &str, revision: &str, revisions: Arc<Revisions>) -> 
         listener: Listener::External,
         poke: Arc::new(|_, _, _| {}),
         metrics: Default::default(),
+        traces,
     };
     tokio::spawn(serve(l, gw, rx));
     addr
@@ -323,4 +333,81 @@ async fn announced_instance_is_used_as_soon_as_its_queue_proxy_answers() {
         "answered {after_open:?} after the app opened its port"
     );
     assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_continue_the_trace_through_the_gateway() {
+    const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+    const PARENT_ID: &str = "b7ad6b7169203331";
+    // A stand-in OTLP/HTTP collector keeping every export, and an app keeping the traceparent.
+    let exports: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let e = exports.clone();
+    let collector = testkit::spawn_app(move |req: http::Request<hyper::body::Incoming>| {
+        let e = e.clone();
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+            e.lock().unwrap().push(body);
+            http::Response::new(full(""))
+        }
+    })
+    .await;
+    let seen: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let s = seen.clone();
+    let app = testkit::spawn_app(move |req: http::Request<hyper::body::Incoming>| {
+        let s = s.clone();
+        async move {
+            *s.lock().unwrap() = req
+                .headers()
+                .get("traceparent")
+                .map(|v| v.to_str().unwrap().to_string());
+            http::Response::new(full("ok"))
+        }
+    })
+    .await;
+    let revisions = Arc::new(Revisions::new(Limits::default()));
+    let qp = queue_proxy(app, false).await;
+    revisions.announce("default", "echo-00001", &[qp]);
+    let traces =
+        ebb_traces::Traces::new(&format!("http://{collector}"), "activator", Vec::new()).unwrap();
+    let traces = Arc::new(traces);
+    let gw = traced_gateway_for("echo", "echo-00001", revisions, Some(traces.clone())).await;
+    let req = http::Request::get(format!("http://{gw}/traced"))
+        .header("host", "echo.default.localhost")
+        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let mut status = 0;
+    for _ in 0..100 {
+        let r = client.request(req.clone()).await.unwrap();
+        status = r.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200);
+    let got = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the app got a traceparent");
+    let parts: Vec<&str> = got.split('-').collect();
+    assert_eq!(parts[1], TRACE_ID, "same trace");
+    assert_ne!(parts[2], PARENT_ID, "the gateway's span is the parent now");
+    traces.shutdown();
+    let unhex = |s: &str| -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let (trace, span) = (unhex(TRACE_ID), unhex(parts[2]));
+    let found = exports.lock().unwrap().iter().any(|b| {
+        b.windows(16).any(|w| w == trace.as_slice()) && b.windows(8).any(|w| w == span.as_slice())
+    });
+    assert!(
+        found,
+        "the collector received the gateway's span in the client's trace"
+    );
 }

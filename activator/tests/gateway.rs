@@ -88,6 +88,7 @@ async fn gateway(limits: Limits) -> Gw {
         revisions: revisions.clone(),
         listener: Listener::External,
         metrics: metrics.clone(),
+        traces: None,
         poke: Arc::new(move |_, _, _| {
             p.fetch_add(1, Ordering::SeqCst);
         }),
@@ -502,6 +503,7 @@ async fn graceful_shutdown_finishes_in_flight_and_queued() {
         listener: Listener::External,
         poke: Arc::new(|_, _, _| {}),
         metrics: Default::default(),
+        traces: None,
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

@@ -39,6 +39,7 @@ pub async fn gateway_process(port: u16) -> anyhow::Result<()> {
         revisions: revisions.clone(),
         listener: Listener::External,
         metrics: Default::default(),
+        traces: None,
         poke: Arc::new(|_, _, _| {}),
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

@@ -247,6 +247,7 @@ async fn a_request_at_zero_wakes_the_deployment_through_the_api_and_is_answered(
             listener: Listener::External,
             poke: Arc::new(move |ns: &str, rev: &str, d: usize| poker.poke(ns, rev, d)),
             metrics: gw_metrics,
+            traces: None,
         },
         stop_rx,
     ));

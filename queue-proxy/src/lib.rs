@@ -14,7 +14,6 @@ pub mod probe;
 pub mod proxy;
 pub mod server;
 pub mod stats;
-pub mod traces;
 
 pub use config::Config;
 pub use server::{Bound, run};

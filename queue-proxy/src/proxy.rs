@@ -85,7 +85,7 @@ pub struct Shared {
     /// app is not ready yet).
     pub probe_now: Arc<tokio::sync::Notify>,
     pub metrics: Metrics,
-    pub traces: Option<crate::traces::Traces>,
+    pub traces: Option<ebb_traces::Traces>,
 }
 
 impl Shared {
@@ -94,7 +94,7 @@ impl Shared {
         drain: Arc<Drain>,
         ready: watch::Receiver<bool>,
         probe_now: Arc<tokio::sync::Notify>,
-        traces: Option<crate::traces::Traces>,
+        traces: Option<ebb_traces::Traces>,
     ) -> Arc<Self> {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -135,7 +135,7 @@ struct RequestGuard {
     started: Instant,
     app_started: Option<Instant>,
     status: u16,
-    span: Option<opentelemetry_sdk::trace::Span>,
+    span: Option<ebb_traces::Span>,
     _slot: Option<Slot>,
 }
 
@@ -147,7 +147,7 @@ impl Drop for RequestGuard {
         self.shared.metrics.in_flight.dec();
         let now = Instant::now();
         if let Some(span) = self.span.take() {
-            crate::traces::Traces::finish(span, self.status);
+            ebb_traces::Traces::finish(span, self.status);
         }
         self.shared.metrics.record(
             self.status,
@@ -293,7 +293,19 @@ pub async fn handle(
     // The span starts before the breaker so that queueing shows in traces.
     let span = shared.traces.as_ref().map(|t| {
         let (method, path) = (req.method().to_string(), req.uri().path().to_string());
-        t.start(req.headers_mut(), &method, &path)
+        let c = &shared.cfg;
+        let (span, trace_headers) = t.start(
+            req.headers(),
+            &method,
+            &path,
+            vec![
+                ebb_traces::KeyValue::new("knative.service", c.service.clone()),
+                ebb_traces::KeyValue::new("knative.configuration", c.configuration.clone()),
+                ebb_traces::KeyValue::new("knative.revision", c.revision.clone()),
+            ],
+        );
+        req.headers_mut().extend(trace_headers);
+        span
     });
     let mut guard = RequestGuard {
         shared: shared.clone(),

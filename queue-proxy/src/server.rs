@@ -125,9 +125,17 @@ pub async fn run(
     ));
     let drain = Drain::new(cfg.drain_quiet_period);
     let traces = match &cfg.otlp_endpoint {
-        Some(endpoint) => {
-            Some(crate::traces::Traces::new(endpoint, &cfg).map_err(std::io::Error::other)?)
-        }
+        Some(endpoint) => Some(
+            ebb_traces::Traces::new(
+                endpoint,
+                "queue-proxy",
+                vec![
+                    ebb_traces::KeyValue::new("k8s.namespace.name", cfg.namespace.clone()),
+                    ebb_traces::KeyValue::new("k8s.pod.name", cfg.pod.clone()),
+                ],
+            )
+            .map_err(std::io::Error::other)?,
+        ),
         None => None,
     };
     let shared = Shared::new(cfg, drain, ready_rx, probe_now, traces);

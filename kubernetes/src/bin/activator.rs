@@ -5,7 +5,7 @@
 //! `EBB_ACTIVATOR_INTERNAL_ADDRESS` (cluster-local routes too; default 0.0.0.0:8081),
 //! `EBB_ACTIVATOR_METRICS_ADDRESS` (Prometheus and health; default 0.0.0.0:9090),
 //! `EBB_AUTOSCALER_SERVICE` (default ebb-autoscaler), `EBB_GRACE` (seconds; default 20),
-//! `EBB_LOG`.
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (a span per request, continuing `traceparent`), `EBB_LOG`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -56,6 +56,17 @@ async fn run() -> anyhow::Result<()> {
         metrics_listener.local_addr()?
     );
 
+    let traces = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => Some(Arc::new(
+            ebb_traces::Traces::new(
+                &endpoint,
+                "activator",
+                vec![ebb_traces::KeyValue::new("k8s.pod.name", pod.clone())],
+            )
+            .map_err(anyhow::Error::msg)?,
+        )),
+        _ => None,
+    };
     let revisions = Arc::new(Revisions::new(Limits::default()));
     let metrics = Arc::new(activator::metrics::Metrics::default());
     let (routes_tx, routes_rx) = watch::channel(Arc::new(RoutingTable::default()));
@@ -71,6 +82,7 @@ async fn run() -> anyhow::Result<()> {
                 reporter.poke(ns, rev, demand)
             }),
             metrics: metrics.clone(),
+            traces: traces.clone(),
         }
     };
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -1,35 +1,34 @@
 //! A span per request, continuing the incoming W3C `traceparent` and exported over OTLP/HTTP
-//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Used by the queue-proxy and the activator, so a
+//! request's trace reads: client → activator → queue-proxy → app.
 //!
-//! With tracing on, the app receives a `traceparent` naming the queue-proxy's span as parent
-//! (same trace id), so its own spans nest under ours. With tracing off, headers pass untouched
-//! and no span is made.
+//! With tracing on, the next hop receives a `traceparent` naming our span as parent (same trace
+//! id). With tracing off no span is made and headers pass untouched.
 
 use std::time::Duration;
 
-use opentelemetry::KeyValue;
+pub use opentelemetry::KeyValue;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
-
-use crate::config::Config;
+pub use opentelemetry_sdk::trace::Span;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 #[derive(Debug)]
 pub struct Traces {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     propagator: TraceContextPropagator,
-    attributes: Vec<KeyValue>,
 }
 
 impl Traces {
     /// `endpoint` is the collector's base URL (`http://collector:4318`); spans go to
-    /// `{endpoint}/v1/traces` as OTLP protobuf.
-    pub fn new(endpoint: &str, cfg: &Config) -> Result<Traces, String> {
+    /// `{endpoint}/v1/traces` as OTLP protobuf, batched on the Tokio runtime. `service` names
+    /// the component; `resource` describes where it runs.
+    pub fn new(endpoint: &str, service: &str, resource: Vec<KeyValue>) -> Result<Traces, String> {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
         let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -39,44 +38,39 @@ impl Traces {
             .with_headers(Default::default())
             .build()
             .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT={endpoint:?}: {e}"))?;
-        // Batching on the Tokio runtime: the exporter's HTTP client is async.
         let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             exporter,
             opentelemetry_sdk::runtime::TokioCurrentThread,
         )
         .build();
         let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name("queue-proxy")
-            .with_attributes([
-                KeyValue::new("k8s.namespace.name", cfg.namespace.clone()),
-                KeyValue::new("k8s.pod.name", cfg.pod.clone()),
-            ])
+            .with_service_name(service.to_string())
+            .with_attributes(resource)
             .build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_resource(resource)
             .build();
-        let tracer = provider.tracer("ebb-queue-proxy");
-        let attributes = vec![
-            KeyValue::new("knative.service", cfg.service.clone()),
-            KeyValue::new("knative.configuration", cfg.configuration.clone()),
-            KeyValue::new("knative.revision", cfg.revision.clone()),
-        ];
+        let tracer = provider.tracer(format!("ebb-{service}"));
         Ok(Traces {
             provider,
             tracer,
             propagator: TraceContextPropagator::new(),
-            attributes,
         })
     }
 
-    /// Start the server span of a request, child of its `traceparent` if any, and point the
-    /// request's `traceparent` at the new span.
-    pub fn start(&self, headers: &mut http::HeaderMap, method: &str, path: &str) -> Span {
+    /// Start the server span of a request, child of its `traceparent` if any. Returns the span
+    /// and the trace headers the next hop must receive (pointing at the new span).
+    pub fn start(
+        &self,
+        headers: &http::HeaderMap,
+        method: &str,
+        path: &str,
+        mut attributes: Vec<KeyValue>,
+    ) -> (Span, http::HeaderMap) {
         let parent = self.propagator.extract(&HeaderExtractor(headers));
-        let mut attrs = self.attributes.clone();
-        attrs.push(KeyValue::new("http.request.method", method.to_string()));
-        attrs.push(KeyValue::new("url.path", path.to_string()));
+        attributes.push(KeyValue::new("http.request.method", method.to_string()));
+        attributes.push(KeyValue::new("url.path", path.to_string()));
         let span = self
             .tracer
             .span_builder(format!(
@@ -84,13 +78,14 @@ impl Traces {
                 HeaderExtractor(headers).get("host").unwrap_or("")
             ))
             .with_kind(SpanKind::Server)
-            .with_attributes(attrs)
+            .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent);
         let cx =
             opentelemetry::Context::current().with_remote_span_context(span.span_context().clone());
+        let mut out = http::HeaderMap::new();
         self.propagator
-            .inject_context(&cx, &mut HeaderInjector(headers));
-        span
+            .inject_context(&cx, &mut HeaderInjector(&mut out));
+        (span, out)
     }
 
     /// Record the outcome and end the span.
