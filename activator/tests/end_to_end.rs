@@ -152,9 +152,10 @@ async fn websocket_through_activator_and_queue_proxy() {
         .await
         .expect("websocket handshake end to end");
     assert_eq!(resp.status(), 101);
-    // Known issue: a frame written the instant the 101 arrives is sometimes lost in the
-    // gateway's switch to tunnelling (the connection resets). Until that is fixed, the client
-    // here waits a moment before its first frame.
+    // Known issue, upstream in pingora 0.9 (cloudflare/pingora#946): when the app's 101 is
+    // read before the upgrade request's empty body task, pingora's upstream half takes the end
+    // of that empty body for the end of the tunnel and tears it down. Until a pingora release
+    // fixes it, the client here waits a moment before its first frame.
     tokio::time::sleep(Duration::from_millis(100)).await;
     for i in 0..3 {
         ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
