@@ -4,6 +4,7 @@
 //! only translates between them and the API. The binaries in `src/bin` wire it.
 
 pub mod autoscaler;
+pub mod controller;
 pub mod endpoints;
 pub mod gateway;
 pub mod leader;

@@ -1,11 +1,12 @@
 //! A small stateful stand-in for the Kubernetes API server, on a real loopback socket, for
 //! testing Kubernetes code where no cluster can run. Test support, not a product.
 //!
-//! What it does: objects of any resource kept by collection (`{group}/{version}/{plural}`),
+//! What it does: objects of any resource (with `metadata.generation` bumped on spec changes) kept by collection (`{group}/{version}/{plural}`),
 //! namespace and name; list (with `labelSelector` equality terms), `watch=true` streams of
 //! newline-delimited WatchEvents (replayed from `resourceVersion`, then live), get, create
 //! (409 if present), replace (409 on a stale resourceVersion), JSON merge patch for every patch
-//! type (enough for `/scale` and `/status`), delete. Every request is recorded.
+//! type (enough for `/scale` and `/status`), server-side apply approximated (creates what is
+//! missing, else a merge that keeps fields others set), delete. Every request is recorded.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -248,6 +249,19 @@ impl FakeApi {
             obj["metadata"]["uid"] = json!(format!("uid-{}-{}", name, s.rv));
         }
         let key = (coll.clone(), ns, name);
+        // metadata.generation: 1 at creation, +1 whenever spec changes (as the API server).
+        let generation = match s.objects.get(&key) {
+            Some(old) => {
+                let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                if old.get("spec") != obj.get("spec") {
+                    g + 1
+                } else {
+                    g
+                }
+            }
+            None => obj["metadata"]["generation"].as_i64().unwrap_or(1),
+        };
+        obj["metadata"]["generation"] = json!(generation);
         let kind = if s.objects.contains_key(&key) {
             "MODIFIED"
         } else {
@@ -305,6 +319,10 @@ impl FakeApi {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().clone();
         let uri = req.uri().clone();
+        let apply = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
         let q = query(&uri);
         {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -433,6 +451,15 @@ impl FakeApi {
             (Method::PATCH, Some(name)) => {
                 let ns = p.namespace.clone().unwrap_or_default();
                 let Some(mut obj) = self.get(&p.collection, &ns, &name) else {
+                    if apply && p.sub.is_none() {
+                        // Server-side apply creates what is missing.
+                        let mut obj = body;
+                        obj["metadata"]["namespace"] = json!(ns);
+                        if let Some(o) = obj.as_object_mut() {
+                            o.remove("status");
+                        }
+                        return json_response(StatusCode::CREATED, &self.put(obj));
+                    }
                     return status(
                         StatusCode::NOT_FOUND,
                         "NotFound",
@@ -455,6 +482,12 @@ impl FakeApi {
                         let mut patch = body;
                         if let Some(m) = patch["metadata"].as_object_mut() {
                             m.remove("resourceVersion");
+                        }
+                        if apply && let Some(o) = patch.as_object_mut() {
+                            // Approximation of server-side apply: a merge (fields the applier
+                            // leaves out, such as replicas set by someone else, stay; lists
+                            // are replaced); status is not applied.
+                            o.remove("status");
                         }
                         merge(&mut obj, &patch);
                         json_response(StatusCode::OK, &self.put(obj))

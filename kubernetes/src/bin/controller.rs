@@ -1,0 +1,158 @@
+//! `ebb-controller`: the serving controller on Kubernetes. Wiring only; see
+//! `ebb_kubernetes::controller`.
+//!
+//! Environment: `SYSTEM_NAMESPACE` (default ebb-system; config maps and the Lease), `POD_NAME`
+//! (leader identity), `EBB_ACTIVATOR_HOST` (the activator's internal Service host; default
+//! `ebb-activator-internal.{SYSTEM_NAMESPACE}.svc.cluster.local`), `EBB_INGRESS_CLASS`
+//! (Ingress class for public routes; default: the cluster's), `EBB_CONTROLLER_ADDRESS`
+//! (health; default 0.0.0.0:8080), `EBB_LOG`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+
+use ebb_kubernetes::controller::{Configs, Context, run};
+use ebb_kubernetes::leader::Elector;
+use ebb_kubernetes::mirror::mirror;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+const CONFIG_MAPS: [&str; 5] = [
+    "config-defaults",
+    "config-network",
+    "config-domain",
+    "config-deployment",
+    "config-autoscaler",
+];
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn maps(list: impl Iterator<Item = ConfigMap>) -> BTreeMap<String, BTreeMap<String, String>> {
+    list.filter_map(|cm| Some((cm.metadata.name.clone()?, cm.data.unwrap_or_default())))
+        .filter(|(n, _)| CONFIG_MAPS.contains(&n.as_str()))
+        .collect()
+}
+
+async fn run_controller() -> anyhow::Result<()> {
+    let namespace = env("SYSTEM_NAMESPACE", ebb_kubernetes::DEFAULT_SYSTEM_NAMESPACE);
+    let pod = env(
+        "POD_NAME",
+        &format!("ebb-controller-{}", std::process::id()),
+    );
+    let activator = env(
+        "EBB_ACTIVATOR_HOST",
+        &format!("ebb-activator-internal.{namespace}.svc.cluster.local"),
+    );
+    let ingress_class = std::env::var("EBB_INGRESS_CLASS")
+        .ok()
+        .filter(|c| !c.is_empty());
+    let address = env("EBB_CONTROLLER_ADDRESS", "0.0.0.0:8080");
+    let client = ebb_kubernetes::client().await?;
+
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let initial = maps(cms.list(&Default::default()).await?.items.into_iter());
+    let configs = Configs::from_maps(&initial)
+        .map_err(|e| anyhow::anyhow!("config maps in {namespace}:\n{e}"))?;
+    let ctx = Context::new(client.clone(), configs, &activator, ingress_class, &pod);
+
+    // Config maps are watched: a valid change is used at once (every Revision and Route is
+    // reconciled again); an invalid one is reported and the last good configuration kept.
+    let (reload_tx, reload_rx) = watch::channel(0u64);
+    let reloader = {
+        let ctx = ctx.clone();
+        let cms = cms.clone();
+        tokio::spawn(async move {
+            let mut last = initial;
+            mirror(cms, watcher::Config::default(), move |snapshot| {
+                let now = maps(snapshot.values().cloned());
+                if now == last {
+                    return;
+                }
+                match Configs::from_maps(&now) {
+                    Ok(c) => {
+                        if let Ok(mut w) = ctx.configs.write() {
+                            *w = c;
+                        }
+                        reload_tx.send_modify(|n| *n += 1);
+                        tracing::info!("configuration reloaded");
+                    }
+                    Err(e) => tracing::error!(errors = %e, "config maps rejected; keeping the last good ones"),
+                }
+                last = now;
+            })
+            .await;
+        })
+    };
+
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(|e| anyhow::anyhow!("EBB_CONTROLLER_ADDRESS {address}: {e}"))?;
+    println!("ebb-controller {pod}: health on {}", listener.local_addr()?);
+    let health = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(b"ok\n"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+
+    let (leader_tx, mut leader_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let elector = tokio::spawn(
+        Elector::new(client, &namespace, "ebb-controller", &pod).run(leader_tx, stop_rx),
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Only the leader reconciles; a replica that loses the lease stops (and is restarted).
+    tokio::select! {
+        _ = leader_rx.wait_for(|l| *l) => {}
+        _ = term.recv() => {
+            let _ = stop_tx.send(true);
+            let _ = elector.await;
+            return Ok(());
+        }
+    }
+    tracing::info!("leading: reconciling");
+    let mut lost = leader_rx.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = lost.wait_for(|l| !*l) => tracing::warn!("lost leadership"),
+        }
+    };
+    run(ctx, reload_rx, shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = elector.await;
+    reloader.abort();
+    health.abort();
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(e) = run_controller().await {
+        eprintln!("ebb-controller: {e}");
+        std::process::exit(1);
+    }
+}

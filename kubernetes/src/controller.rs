@@ -1,0 +1,678 @@
+//! The serving controller on Kubernetes: kube-runtime Controllers for Service, Configuration,
+//! Revision and Route, applying what the pure builders in `serving-controller` decide.
+//!
+//! - Children (Configuration, Route, Deployment, Service, exposure objects) are written with
+//!   server-side apply under one field manager, with controller owner references so deletes
+//!   cascade. A Deployment is *created* with its initial scale and afterwards applied without
+//!   `replicas`, so the autoscaler's `/scale` writes are never undone.
+//! - Status is written only here, through the status subresource, and only when it changed
+//!   (transition times of unchanged conditions kept).
+//! - A Revision's conditions come from its Deployment and pods: image pull errors, crash
+//!   loops and the progress deadline surface as Knative reports them, with a Kubernetes Event.
+//! - Routes are exposed as a Service of type ExternalName named after the Route (so
+//!   `http://NAME.NAMESPACE.svc.cluster.local` reaches the activator's internal listener) and,
+//!   unless cluster-local, an Ingress for the route's hosts (class configurable).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ObjectReference, Pod, Service as KubeService, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+use serving_api::condition::carry_transition_times;
+use serving_api::config::{
+    AutoscalerConfig, DefaultsConfig, DeploymentConfig, DomainConfig, NetworkConfig,
+};
+use serving_api::{Configuration, Revision, Route, Service, labels};
+use serving_controller::configuration::{RevisionPlan, configuration_status, plan_revision};
+use serving_controller::local::StatusConditions;
+use serving_controller::revision::{
+    Activity, ContainerFailure, FATAL_WAITING_REASONS, WorkloadState, revision_status,
+};
+use serving_controller::route::{IngressState, RouteInputs, route_status};
+use serving_controller::service::{desired_configuration, desired_route, service_status};
+use serving_controller::workload::{desired_deployment, desired_service};
+
+/// The one field manager for everything the controller applies.
+pub const MANAGER: &str = "ebb-controller";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("building the workload: {0}")]
+    Build(#[from] serving_controller::workload::BuildError),
+    #[error("serializing: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0} has no namespace")]
+    NoNamespace(String),
+}
+
+/// The config maps the controller reads, reloaded when they change.
+#[derive(Clone, Debug, Default)]
+pub struct Configs {
+    pub defaults: DefaultsConfig,
+    pub network: NetworkConfig,
+    pub domains: DomainConfig,
+    pub deployment: DeploymentConfig,
+    pub autoscaler: AutoscalerConfig,
+}
+
+impl Configs {
+    /// From config map data by name; every bad value is reported, naming map and key.
+    pub fn from_maps(maps: &BTreeMap<String, BTreeMap<String, String>>) -> Result<Configs, String> {
+        let empty = BTreeMap::new();
+        let get = |n: &str| maps.get(n).unwrap_or(&empty);
+        let mut errors = Vec::new();
+        let mut c = Configs::default();
+        macro_rules! read {
+            ($field:ident, $ty:ty, $name:literal) => {
+                match <$ty>::from_map(get($name)) {
+                    Ok(v) => c.$field = v,
+                    Err(e) => errors.push(e.to_string()),
+                }
+            };
+        }
+        read!(defaults, DefaultsConfig, "config-defaults");
+        read!(network, NetworkConfig, "config-network");
+        read!(domains, DomainConfig, "config-domain");
+        read!(deployment, DeploymentConfig, "config-deployment");
+        read!(autoscaler, AutoscalerConfig, "config-autoscaler");
+        if errors.is_empty() {
+            Ok(c)
+        } else {
+            Err(errors.join("\n"))
+        }
+    }
+}
+
+/// What every reconcile needs.
+pub struct Context {
+    pub client: kube::Client,
+    pub configs: RwLock<Configs>,
+    pub recorder: Recorder,
+    /// The activator's internal Service host, target of every Route's ExternalName Service.
+    pub activator_host: String,
+    /// `ingressClassName` of the Ingresses for public routes (None: the cluster default).
+    pub ingress_class: Option<String>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("activator_host", &self.activator_host)
+            .finish()
+    }
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        configs: Configs,
+        activator_host: &str,
+        ingress_class: Option<String>,
+        pod: &str,
+    ) -> Arc<Context> {
+        Arc::new(Context {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: MANAGER.into(),
+                    instance: Some(pod.into()),
+                },
+            ),
+            client,
+            configs: RwLock::new(configs),
+            activator_host: activator_host.into(),
+            ingress_class,
+        })
+    }
+
+    fn configs(&self) -> Configs {
+        self.configs.read().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+fn ns_of<K: Resource>(o: &K) -> Result<String, Error> {
+    o.namespace()
+        .ok_or_else(|| Error::NoNamespace(o.name_any()))
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+/// Write `status` when it differs from what is stored, keeping transition times.
+async fn write_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    old: Option<&S>,
+    mut new: S,
+) -> Result<bool, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq + StatusConditions,
+{
+    let now = Time(jiff::Timestamp::now());
+    carry_transition_times(
+        old.map_or(&[][..], |o| o.conditions()),
+        new.conditions_mut(),
+        &now,
+    );
+    if old == Some(&new) {
+        return Ok(false);
+    }
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": new })),
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = ns_of(svc.as_ref())?;
+    let name = svc.name_any();
+    let c = &ctx.client;
+    // What Knative's defaulting webhook would have filled in (Ebb has no webhook; the CRDs'
+    // CEL rules enforce the structural rules at admission).
+    let mut defaulted = svc.as_ref().clone();
+    serving_api::defaults::default_service(&mut defaulted, &ctx.configs().defaults);
+    let svc = Arc::new(defaulted);
+    let configuration = Api::<Configuration>::namespaced(c.clone(), &ns)
+        .patch(
+            &name,
+            &apply_params(),
+            &Patch::Apply(&desired_configuration(&svc)),
+        )
+        .await?;
+    let route = Api::<Route>::namespaced(c.clone(), &ns)
+        .patch(&name, &apply_params(), &Patch::Apply(&desired_route(&svc)))
+        .await?;
+    let status = service_status(&svc, Some(&configuration), Some(&route));
+    write_status(
+        &Api::<Service>::namespaced(c.clone(), &ns),
+        &name,
+        svc.status.as_ref(),
+        status,
+    )
+    .await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+async fn revisions_of(
+    client: &kube::Client,
+    ns: &str,
+    configuration: &str,
+) -> Result<Vec<Revision>, Error> {
+    Ok(Api::<Revision>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("{}={configuration}", labels::CONFIGURATION)))
+        .await?
+        .items)
+}
+
+async fn reconcile_configuration(
+    config: Arc<Configuration>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let ns = ns_of(config.as_ref())?;
+    let name = config.name_any();
+    let mut defaulted = config.as_ref().clone();
+    serving_api::defaults::default_configuration(&mut defaulted, &ctx.configs().defaults);
+    let config = Arc::new(defaulted);
+    let mut revisions = revisions_of(&ctx.client, &ns, &name).await?;
+    let plan = plan_revision(&config, &revisions);
+    if let RevisionPlan::Create(rev) = &plan {
+        match Api::<Revision>::namespaced(ctx.client.clone(), &ns)
+            .create(&PostParams::default(), rev)
+            .await
+        {
+            Ok(created) => revisions.push(created),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let RevisionPlan::Conflict { .. } = &plan {
+        publish(
+            &ctx,
+            config.as_ref(),
+            EventType::Warning,
+            "RevisionFailed",
+            "the Revision name belongs to another template",
+        )
+        .await;
+    }
+    let status = configuration_status(&config, &plan, &revisions);
+    write_status(
+        &Api::<Configuration>::namespaced(ctx.client.clone(), &ns),
+        &name,
+        config.status.as_ref(),
+        status,
+    )
+    .await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// A container problem on any pod of the revision that will not fix itself soon.
+fn pod_failure(pods: &[Pod]) -> Option<ContainerFailure> {
+    for pod in pods {
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref());
+        for cs in statuses.into_iter().flatten() {
+            let state = cs.state.as_ref();
+            if let Some(w) = state.and_then(|s| s.waiting.as_ref())
+                && let Some(reason) = w
+                    .reason
+                    .as_deref()
+                    .filter(|r| FATAL_WAITING_REASONS.contains(r))
+            {
+                return Some(ContainerFailure {
+                    reason: reason.into(),
+                    message: w.message.clone().unwrap_or_default(),
+                });
+            }
+            if let Some(t) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref())
+                && t.exit_code != 0
+                && !cs.ready
+            {
+                return Some(ContainerFailure {
+                    reason: format!("ExitCode{}", t.exit_code),
+                    message: format!(
+                        "Container failed with: {}",
+                        t.message.clone().unwrap_or_default()
+                    ),
+                });
+            }
+        }
+    }
+    None
+}
+
+async fn reconcile_revision(rev: Arc<Revision>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = ns_of(rev.as_ref())?;
+    let name = rev.name_any();
+    let cfg = ctx.configs();
+    let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
+    let desired = desired_deployment(&rev, &cfg.deployment, None)?;
+    let dname = desired.metadata.name.clone().unwrap_or_default();
+    let deployment = match deployments.get_opt(&dname).await? {
+        None => {
+            // Created once with the initial scale; the autoscaler owns `replicas` from then on.
+            let annotations = rev.metadata.annotations.clone().unwrap_or_default();
+            let initial = serving_api::autoscaling::resolve(
+                &annotations,
+                rev.spec.container_concurrency.unwrap_or(0),
+                &cfg.autoscaler,
+                "metadata.annotations",
+            )
+            .map(|s| s.initial_scale.max(s.min_scale))
+            .unwrap_or(1);
+            let with_replicas = desired_deployment(&rev, &cfg.deployment, Some(initial))?;
+            match deployments
+                .create(
+                    &PostParams {
+                        field_manager: Some(MANAGER.into()),
+                        ..PostParams::default()
+                    },
+                    &with_replicas,
+                )
+                .await
+            {
+                Ok(d) => d,
+                Err(kube::Error::Api(s)) if s.code == 409 => deployments.get(&dname).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Some(_) => {
+            deployments
+                .patch(&dname, &apply_params(), &Patch::Apply(&desired))
+                .await?
+        }
+    };
+    Api::<KubeService>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &name,
+            &apply_params(),
+            &Patch::Apply(&desired_service(&rev)?),
+        )
+        .await?;
+
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("{}={name}", labels::REVISION)))
+        .await?
+        .items;
+    let dstatus = deployment.status.clone().unwrap_or_default();
+    let desired_replicas = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let ready = dstatus.ready_replicas.unwrap_or(0);
+    let deadline = dstatus.conditions.iter().flatten().any(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    let failure = pod_failure(&pods);
+    let workload = WorkloadState {
+        exists: true,
+        ready_replicas: ready,
+        desired_replicas,
+        progress_deadline_exceeded: deadline,
+        failure: failure.clone(),
+        activity: if ready > 0 {
+            Activity::Active
+        } else if desired_replicas == 0 {
+            Activity::Idle
+        } else {
+            Activity::Activating { queued: false }
+        },
+    };
+    let status = revision_status(&rev, &workload);
+    let changed = write_status(
+        &Api::<Revision>::namespaced(ctx.client.clone(), &ns),
+        &name,
+        rev.status.as_ref(),
+        status,
+    )
+    .await?;
+    if changed && let Some(f) = &failure {
+        publish(
+            &ctx,
+            rev.as_ref(),
+            EventType::Warning,
+            &f.reason,
+            &f.message,
+        )
+        .await;
+    }
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+fn owner(route: &Route) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "serving.knative.dev/v1".into(),
+        kind: "Route".into(),
+        name: route.metadata.name.clone()?,
+        uid: route.metadata.uid.clone()?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+/// The Route's exposure: `NAME.NAMESPACE.svc.cluster.local` through the activator.
+pub fn placeholder_service(route: &Route, activator_host: &str) -> KubeService {
+    KubeService {
+        metadata: ObjectMeta {
+            name: route.metadata.name.clone(),
+            namespace: route.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([(
+                labels::ROUTE.to_string(),
+                route.name_any(),
+            )])),
+            owner_references: owner(route).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("ExternalName".into()),
+            external_name: Some(activator_host.into()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// One Ingress rule per public host of the Route (main URL and tag URLs), all to the Route's
+/// ExternalName Service; None for cluster-local routes.
+pub fn desired_ingress(route: &Route, class: Option<&str>) -> Option<Ingress> {
+    let local = route.labels().get(labels::VISIBILITY).map(String::as_str)
+        == Some(labels::VISIBILITY_CLUSTER_LOCAL);
+    let status = route.status.as_ref()?;
+    let host = |url: &str| {
+        url.split("://")
+            .nth(1)
+            .map(|h| h.trim_end_matches('/').to_string())
+    };
+    let mut hosts: Vec<String> = status
+        .fields
+        .url
+        .as_deref()
+        .and_then(host)
+        .into_iter()
+        .collect();
+    hosts.extend(
+        status
+            .fields
+            .traffic
+            .iter()
+            .filter_map(|t| t.url.as_deref().and_then(host)),
+    );
+    hosts.retain(|h| !h.ends_with(".svc.cluster.local"));
+    hosts.sort();
+    hosts.dedup();
+    if local || hosts.is_empty() {
+        return None;
+    }
+    let backend = IngressBackend {
+        service: Some(IngressServiceBackend {
+            name: route.name_any(),
+            port: Some(ServiceBackendPort {
+                number: Some(80),
+                name: None,
+            }),
+        }),
+        resource: None,
+    };
+    Some(Ingress {
+        metadata: ObjectMeta {
+            name: route.metadata.name.clone(),
+            namespace: route.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([(
+                labels::ROUTE.to_string(),
+                route.name_any(),
+            )])),
+            owner_references: owner(route).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(IngressSpec {
+            ingress_class_name: class.map(str::to_string),
+            rules: Some(
+                hosts
+                    .into_iter()
+                    .map(|h| IngressRule {
+                        host: Some(h),
+                        http: Some(HTTPIngressRuleValue {
+                            paths: vec![HTTPIngressPath {
+                                path: Some("/".into()),
+                                path_type: "Prefix".into(),
+                                backend: backend.clone(),
+                            }],
+                        }),
+                    })
+                    .collect(),
+            ),
+            ..IngressSpec::default()
+        }),
+        status: None,
+    })
+}
+
+async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = ns_of(route.as_ref())?;
+    let name = route.name_any();
+    let cfg = ctx.configs();
+    let configurations = Api::<Configuration>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let revisions = Api::<Revision>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    Api::<KubeService>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &name,
+            &apply_params(),
+            &Patch::Apply(&placeholder_service(&route, &ctx.activator_host)),
+        )
+        .await?;
+    let inputs = RouteInputs {
+        configurations: &configurations,
+        revisions: &revisions,
+        network: &cfg.network,
+        domains: &cfg.domains,
+        ingress: &IngressState::Ready,
+    };
+    let status = route_status(&route, &inputs);
+    let mut with_status = route.as_ref().clone();
+    with_status.status = Some(status.clone());
+    let ingresses = Api::<Ingress>::namespaced(ctx.client.clone(), &ns);
+    match desired_ingress(&with_status, ctx.ingress_class.as_deref()) {
+        Some(ing) => {
+            ingresses
+                .patch(&name, &apply_params(), &Patch::Apply(&ing))
+                .await?;
+        }
+        None => {
+            if ingresses.get_opt(&name).await?.is_some() {
+                ingresses.delete(&name, &Default::default()).await?;
+            }
+        }
+    }
+    write_status(
+        &Api::<Route>::namespaced(ctx.client.clone(), &ns),
+        &name,
+        route.status.as_ref(),
+        status,
+    )
+    .await?;
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let reference: ObjectReference = obj.object_ref(&());
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        tracing::debug!(error = %e, "publishing an event");
+    }
+}
+
+/// Conflicts and transient API errors come back after a short back-off.
+fn retry<K>(_obj: Arc<K>, e: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %e, "reconcile failed; retrying");
+    Action::requeue(Duration::from_millis(500))
+}
+
+fn by_label<K: Resource<DynamicType = ()>>(
+    label: &'static str,
+) -> impl Fn(K) -> Option<ObjectRef<Revision>> {
+    move |o: K| {
+        let rev = o.labels().get(label)?.clone();
+        Some(ObjectRef::new(&rev).within(&o.namespace()?))
+    }
+}
+
+/// Run the four controllers until `shutdown` resolves (each finishes what it is doing).
+pub async fn run(
+    ctx: Arc<Context>,
+    reload: tokio::sync::watch::Receiver<u64>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let c = ctx.client.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let reloads = |rx: tokio::sync::watch::Receiver<u64>| {
+        futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
+    };
+    let cfg = watcher::Config::default;
+    let services = Controller::new(Api::<Service>::all(c.clone()), cfg())
+        .owns(Api::<Configuration>::all(c.clone()), cfg())
+        .owns(Api::<Route>::all(c.clone()), cfg())
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(reconcile_service, retry, ctx.clone())
+        .for_each(|_| async {});
+    let configurations = Controller::new(Api::<Configuration>::all(c.clone()), cfg())
+        .owns(Api::<Revision>::all(c.clone()), cfg())
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(reconcile_configuration, retry, ctx.clone())
+        .for_each(|_| async {});
+    let revisions = Controller::new(Api::<Revision>::all(c.clone()), cfg())
+        .owns(
+            Api::<Deployment>::all(c.clone()),
+            cfg().labels(labels::REVISION),
+        )
+        .watches(
+            Api::<Pod>::all(c.clone()),
+            cfg().labels(labels::REVISION),
+            by_label::<Pod>(labels::REVISION),
+        )
+        .reconcile_all_on(reloads(reload.clone()))
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(reconcile_revision, retry, ctx.clone())
+        .for_each(|_| async {});
+    let routes = Controller::new(Api::<Route>::all(c.clone()), cfg())
+        .watches(Api::<Revision>::all(c.clone()), cfg(), |r: Revision| {
+            // The Route a Service made is named after its Configuration.
+            let ns = r.namespace()?;
+            let name = r.labels().get(labels::CONFIGURATION)?.clone();
+            Some(ObjectRef::<Route>::new(&name).within(&ns))
+        })
+        .watches(
+            Api::<Configuration>::all(c.clone()),
+            cfg(),
+            |cfg: Configuration| {
+                Some(ObjectRef::<Route>::new(&cfg.name_any()).within(&cfg.namespace()?))
+            },
+        )
+        .reconcile_all_on(reloads(reload))
+        .graceful_shutdown_on(stopped(stop_rx))
+        .run(reconcile_route, retry, ctx)
+        .for_each(|_| async {});
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    tokio::join!(services, configurations, revisions, routes);
+}

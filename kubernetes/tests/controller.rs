@@ -1,0 +1,358 @@
+//! The real kube-runtime Controllers against the stateful fake API server: a Service becomes a
+//! Configuration, a Revision, a Deployment and a Service, a Route with status, an ExternalName
+//! Service and an Ingress; template changes make new Revisions that traffic follows once
+//! ready; tags; owner references for cascading deletes; transient API errors retried; failing
+//! pods reported on the Revision with an Event.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
+
+use std::time::{Duration, Instant};
+
+use ebb_kubernetes::controller::{Configs, Context, run};
+use serde_json::{Value, json};
+use testkit::fake_api::FakeApi;
+
+const SERVICES: &str = "serving.knative.dev/v1/services";
+const CONFIGURATIONS: &str = "serving.knative.dev/v1/configurations";
+const REVISIONS: &str = "serving.knative.dev/v1/revisions";
+const ROUTES: &str = "serving.knative.dev/v1/routes";
+const DEPLOYMENTS: &str = "apps/v1/deployments";
+const KUBE_SERVICES: &str = "core/v1/services";
+const INGRESSES: &str = "networking.k8s.io/v1/ingresses";
+
+fn service(env: &str, traffic: Option<Value>) -> Value {
+    let mut s = json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": { "name": "hello", "namespace": "default", "generation": 1 },
+        "spec": { "template": { "spec": { "containers": [{
+            "image": "ghcr.io/ebb/hello", "env": [{ "name": "TARGET", "value": env }] }] } } },
+    });
+    if let Some(t) = traffic {
+        s["spec"]["traffic"] = t;
+    }
+    s
+}
+
+async fn start() -> FakeApi {
+    let api = FakeApi::start().await;
+    let client = ebb_kubernetes::client_for(&api.url()).unwrap();
+    let ctx = Context::new(
+        client,
+        // As a cluster with a public domain configured (without one, Knative's default is
+        // svc.cluster.local and routes are cluster-local).
+        Configs::from_maps(
+            &[(
+                "config-domain".to_string(),
+                [("example.com".to_string(), String::new())].into(),
+            )]
+            .into(),
+        )
+        .unwrap(),
+        "ebb-activator-internal.ebb-system.svc.cluster.local",
+        Some("nginx".into()),
+        "controller-0",
+    );
+    let (_reload_tx, reload_rx) = tokio::sync::watch::channel(0);
+    std::mem::forget(_reload_tx);
+    tokio::spawn(run(ctx, reload_rx, std::future::pending()));
+    api
+}
+
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{what}: not within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn condition(obj: &Value, t: &str) -> (String, String) {
+    obj["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == t)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The kubelet's part: the Deployment's pods are up.
+fn deployment_ready(api: &FakeApi, rev: &str) {
+    let mut d = api
+        .get(DEPLOYMENTS, "default", &format!("{rev}-deployment"))
+        .unwrap();
+    let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1).max(1);
+    d["status"] =
+        json!({ "replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas });
+    api.put(d);
+}
+
+/// Bump a Service's spec as an update through the API would (generation + 1).
+fn update(api: &FakeApi, mut svc: Value) {
+    let stored = api.get(SERVICES, "default", "hello").unwrap();
+    svc["metadata"]["uid"] = stored["metadata"]["uid"].clone();
+    svc["metadata"]["generation"] = json!(stored["metadata"]["generation"].as_i64().unwrap() + 1);
+    svc["status"] = stored["status"].clone();
+    api.put(svc);
+}
+
+fn controlled_by(child: &Value, kind: &str, name: &str) -> bool {
+    child["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|refs| {
+            refs.iter().any(|r| {
+                r["kind"] == kind
+                    && r["name"] == name
+                    && r["controller"] == true
+                    && r["blockOwnerDeletion"] == true
+            })
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_becomes_ready_with_its_children_and_follows_new_revisions() {
+    let api = start().await;
+    api.put(service("one", None));
+
+    let config = eventually("configuration", || {
+        api.get(CONFIGURATIONS, "default", "hello")
+    })
+    .await;
+    assert!(controlled_by(&config, "Service", "hello"));
+    let rev = eventually("revision", || api.get(REVISIONS, "default", "hello-00001")).await;
+    assert!(controlled_by(&rev, "Configuration", "hello"));
+    assert_eq!(
+        rev["spec"]["containerConcurrency"], 0,
+        "defaulted as the webhook would"
+    );
+    let deploy = eventually("deployment", || {
+        api.get(DEPLOYMENTS, "default", "hello-00001-deployment")
+    })
+    .await;
+    assert!(controlled_by(&deploy, "Revision", "hello-00001"));
+    assert_eq!(
+        deploy["spec"]["replicas"], 1,
+        "created at the initial scale"
+    );
+    let containers: Vec<&str> = deploy["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(containers, ["user-container", "queue-proxy"]);
+    let ksvc = eventually("revision service", || {
+        api.get(KUBE_SERVICES, "default", "hello-00001")
+    })
+    .await;
+    assert!(controlled_by(&ksvc, "Revision", "hello-00001"));
+    let placeholder = eventually("route service", || {
+        api.get(KUBE_SERVICES, "default", "hello")
+    })
+    .await;
+    assert_eq!(placeholder["spec"]["type"], "ExternalName");
+    assert_eq!(
+        placeholder["spec"]["externalName"],
+        "ebb-activator-internal.ebb-system.svc.cluster.local"
+    );
+    assert!(controlled_by(&placeholder, "Route", "hello"));
+
+    // Not ready until the pods are.
+    let svc = api.get(SERVICES, "default", "hello").unwrap();
+    assert_ne!(condition(&svc, "Ready").0, "True");
+    deployment_ready(&api, "hello-00001");
+    let svc = eventually("service ready", || {
+        api.get(SERVICES, "default", "hello")
+            .filter(|s| condition(s, "Ready").0 == "True")
+    })
+    .await;
+    assert_eq!(svc["status"]["url"], "http://hello.default.example.com");
+    assert_eq!(svc["status"]["latestReadyRevisionName"], "hello-00001");
+    let ingress = eventually("ingress", || api.get(INGRESSES, "default", "hello")).await;
+    assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
+    assert_eq!(
+        ingress["spec"]["rules"][0]["host"],
+        "hello.default.example.com"
+    );
+    assert_eq!(
+        ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"],
+        "hello"
+    );
+
+    // The autoscaler scales; the controller's later applies never touch replicas.
+    let mut d = api
+        .get(DEPLOYMENTS, "default", "hello-00001-deployment")
+        .unwrap();
+    d["spec"]["replicas"] = json!(0);
+    api.put(d);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        api.get(DEPLOYMENTS, "default", "hello-00001-deployment")
+            .unwrap()["spec"]["replicas"],
+        0
+    );
+
+    // A template change: a new Revision; traffic moves once it is ready.
+    update(&api, service("two", None));
+    eventually("second revision", || {
+        api.get(REVISIONS, "default", "hello-00002")
+    })
+    .await;
+    eventually("second deployment", || {
+        api.get(DEPLOYMENTS, "default", "hello-00002-deployment")
+    })
+    .await;
+    let route = api.get(ROUTES, "default", "hello").unwrap();
+    assert_eq!(
+        route["status"]["traffic"][0]["revisionName"], "hello-00001",
+        "still the ready one"
+    );
+    deployment_ready(&api, "hello-00002");
+    eventually("traffic follows the latest ready", || {
+        api.get(ROUTES, "default", "hello")
+            .filter(|r| r["status"]["traffic"][0]["revisionName"] == "hello-00002")
+    })
+    .await;
+
+    // Tags: a pinned revision with a tag URL, in the Ingress too.
+    update(
+        &api,
+        service(
+            "two",
+            Some(json!([
+                { "revisionName": "hello-00001", "percent": 10, "tag": "old" },
+                { "latestRevision": true, "percent": 90 },
+            ])),
+        ),
+    );
+    let route = eventually("tagged traffic", || {
+        api.get(ROUTES, "default", "hello").filter(|r| {
+            r["status"]["traffic"]
+                .as_array()
+                .is_some_and(|t| t.len() == 2)
+        })
+    })
+    .await;
+    let old = route["status"]["traffic"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tag"] == "old")
+        .unwrap()
+        .clone();
+    assert_eq!(old["url"], "http://old-hello.default.example.com");
+    assert_eq!(old["percent"], 10);
+    eventually("tag host in the ingress", || {
+        api.get(INGRESSES, "default", "hello").filter(|i| {
+            i["spec"]["rules"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|x| x["host"] == "old-hello.default.example.com")
+            })
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_errors_are_retried_and_failing_pods_are_reported() {
+    let api = FakeApi::start().await;
+    // The first apply of the Configuration fails with a 500; the controller tries again.
+    api.fail_once(
+        "PATCH",
+        "/apis/serving.knative.dev/v1/namespaces/default/configurations/hello",
+    );
+    let client = ebb_kubernetes::client_for(&api.url()).unwrap();
+    let ctx = Context::new(
+        client,
+        Configs::default(),
+        "activator.internal",
+        None,
+        "controller-0",
+    );
+    let (_tx, rx) = tokio::sync::watch::channel(0);
+    std::mem::forget(_tx);
+    tokio::spawn(run(ctx, rx, std::future::pending()));
+    api.put(service("one", None));
+    eventually("configuration after a retry", || {
+        api.get(CONFIGURATIONS, "default", "hello")
+    })
+    .await;
+    let failed_then_retried = api
+        .requests()
+        .iter()
+        .filter(|(m, p)| {
+            m == "PATCH"
+                && p == "/apis/serving.knative.dev/v1/namespaces/default/configurations/hello"
+        })
+        .count();
+    assert!(failed_then_retried >= 2, "{failed_then_retried}");
+
+    // The image cannot be pulled.
+    eventually("deployment", || {
+        api.get(DEPLOYMENTS, "default", "hello-00001-deployment")
+    })
+    .await;
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "hello-00001-deployment-abc", "namespace": "default",
+                      "labels": { "serving.knative.dev/revision": "hello-00001" } },
+        "spec": { "containers": [] },
+        "status": { "containerStatuses": [{
+            "name": "user-container", "ready": false, "restartCount": 0, "image": "ghcr.io/ebb/hello", "imageID": "",
+            "state": { "waiting": { "reason": "ImagePullBackOff", "message": "Back-off pulling image \"ghcr.io/ebb/hello\"" } },
+        }] },
+    }));
+    let rev = eventually("revision failure", || {
+        api.get(REVISIONS, "default", "hello-00001")
+            .filter(|r| condition(r, "Ready").0 == "False")
+    })
+    .await;
+    assert_eq!(
+        condition(&rev, "ContainerHealthy"),
+        ("False".into(), "ImagePullBackOff".into())
+    );
+    let svc = eventually("service failure", || {
+        api.get(SERVICES, "default", "hello")
+            .filter(|s| condition(s, "Ready").0 == "False")
+    })
+    .await;
+    assert_eq!(condition(&svc, "ConfigurationsReady").1, "RevisionFailed");
+    let events = eventually("an event", || {
+        let e = api.list("events.k8s.io/v1/events");
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "ImagePullBackOff" && e["regarding"]["name"] == "hello-00001"),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn cluster_local_routes_get_no_ingress() {
+    let route: serving_api::Route = serde_json::from_value(json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Route",
+        "metadata": { "name": "inner", "namespace": "default", "uid": "u1",
+                      "labels": { "networking.knative.dev/visibility": "cluster-local" } },
+        "spec": {},
+        "status": { "url": "http://inner.default.svc.cluster.local",
+                    "traffic": [{ "revisionName": "inner-00001", "percent": 100 }] },
+    }))
+    .unwrap();
+    assert!(ebb_kubernetes::controller::desired_ingress(&route, None).is_none());
+    let svc = ebb_kubernetes::controller::placeholder_service(&route, "a.b.svc.cluster.local");
+    let v = serde_json::to_value(&svc).unwrap();
+    assert_eq!(v["spec"]["externalName"], "a.b.svc.cluster.local");
+}
