@@ -31,8 +31,21 @@ struct State {
     /// Every change: (collection, rv, type, object).
     log: Vec<(String, u64, &'static str, Value)>,
     requests: Vec<(String, String)>,
+    /// What RBAC would see: (verb, apiGroup, resource[/subresource], namespace).
+    audit: Vec<Access>,
     /// Requests (method, path prefix) to fail once with 500, for retry tests.
     fail_once: Vec<(String, String)>,
+}
+
+/// One request as RBAC sees it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Access {
+    pub verb: String,
+    /// "" for the core group.
+    pub group: String,
+    /// `deployments`, or `deployments/scale` for a subresource.
+    pub resource: String,
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +320,15 @@ impl FakeApi {
             .clone()
     }
 
+    /// Every request as RBAC sees it (verb, group, resource, namespace).
+    pub fn accesses(&self) -> Vec<Access> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .audit
+            .clone()
+    }
+
     /// The next request with this method whose path starts with `prefix` fails with 500.
     pub fn fail_once(&self, method: &str, prefix: &str) {
         self.state
@@ -340,6 +362,42 @@ impl FakeApi {
                     "injected failure".into(),
                 );
             }
+        }
+        if let Some(p) = parse_path(uri.path()) {
+            let verb = match (&method, &p.name) {
+                (&Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+                    "watch"
+                }
+                (&Method::GET, None) => "list",
+                (&Method::GET, Some(_)) => "get",
+                (&Method::POST, _) => "create",
+                (&Method::PUT, _) => "update",
+                (&Method::PATCH, _) => "patch",
+                (&Method::DELETE, _) => "delete",
+                _ => "other",
+            };
+            let mut parts = p.collection.rsplitn(3, '/');
+            let plural = parts.next().unwrap_or_default().to_string();
+            let _version = parts.next();
+            let group = parts.next().unwrap_or_default();
+            let access = Access {
+                verb: verb.into(),
+                group: if group == "core" {
+                    String::new()
+                } else {
+                    group.into()
+                },
+                resource: match &p.sub {
+                    Some(sub) => format!("{plural}/{sub}"),
+                    None => plural,
+                },
+                namespace: p.namespace.clone(),
+            };
+            self.state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .audit
+                .push(access);
         }
         let Some(p) = parse_path(uri.path()) else {
             return status(
