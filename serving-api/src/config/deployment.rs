@@ -7,7 +7,7 @@ use super::{ConfigErrors, Reader};
 
 pub const NAME: &str = "config-deployment";
 /// The image the chart builds and loads; overridden per install.
-pub const DEFAULT_QUEUE_IMAGE: &str = "ebb/queue-proxy:latest";
+pub const DEFAULT_QUEUE_IMAGE: &str = "localhost/ebb/queue-proxy:0.1.0";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeploymentConfig {
