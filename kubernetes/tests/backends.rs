@@ -167,18 +167,22 @@ async fn the_leader_scales_deployments_and_a_follower_does_not() {
                 AutoscalerConfig::default(),
             )),
         ];
-        tokio::time::sleep(Duration::from_millis(300)).await; // the watch lists the revision
-        // 300 held requests at 70 per instance.
-        handle.poke(RevisionKey::new("default", "hello-00001"), 300.0);
+        // 300 held requests at 70 per instance; poked again until the watch has listed the
+        // revision (a poke for an unknown revision is dropped).
+        let key = RevisionKey::new("default", "hello-00001");
         if leading {
-            wait_for("scaled to 5", Duration::from_secs(5), || {
+            wait_for("scaled to 5", Duration::from_secs(15), || {
+                handle.poke(key.clone(), 300.0);
                 replicas(&api, "hello-00001") == want
             })
             .await;
             assert!(api.requests().iter().any(|(m, p)| m == "PATCH"
                 && p == "/apis/apps/v1/namespaces/default/deployments/hello-00001-deployment/scale"));
         } else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            for _ in 0..10 {
+                handle.poke(key.clone(), 300.0);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             assert_eq!(
                 replicas(&api, "hello-00001"),
                 0,
