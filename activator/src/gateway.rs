@@ -355,7 +355,7 @@ pub async fn serve_with_grace(
                     let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
                     let _ = digest.peer_addr.set(Some(peer.into()));
                     l4.set_socket_digest(digest);
-                    let mut stream: Stream = Box::new(l4);
+                    let mut stream: Stream = Box::new(crate::buffered::Buffered::new(l4));
                     // Keep-alive: pingora hands the connection back while it is reusable (it
                     // stops doing so once `shutdown` is true).
                     while let Some(s) = proxy.process_new(stream, &shutdown).await {
