@@ -10,6 +10,11 @@
 //!   minus the app's own start time.
 //! - `ebb-bench app --port N`: the trivial app (used by the above).
 
+/// The allocator the shipped binaries use (`ebb`, `ebb-activator`, the queue-proxy), so the
+/// gateway and queue-proxy measured here are the ones users run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod coldstart;
 mod gateway;
 mod kpa;

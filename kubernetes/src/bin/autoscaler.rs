@@ -4,6 +4,11 @@
 //! Lease), `POD_NAME` (leader identity), `EBB_AUTOSCALER_ADDRESS` (intake, metrics, health;
 //! default 0.0.0.0:8080), `EBB_LOG` (log filter).
 
+/// mimalloc: the proxy paths allocate per request, and glibc's allocator cost ~12% of the
+/// gateway's CPU there (`perf`); with mimalloc `ebb-bench` measured ~16% more requests/s.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 
 use autoscaler::runner::Runner;
