@@ -79,6 +79,14 @@ fn serves_scales_to_zero_and_wakes_with_buffering() {
 fn overload_into_a_cold_cc1_revision_all_answered() {
     // Knative's TestActivatorOverload at 10x its load: 1,000 concurrent requests into a
     // revision at zero with containerConcurrency 1 and max-scale 10.
+    // 1,000 client sockets in this process.
+    if let Ok((soft, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
     let ebb = Ebb::start();
     let yaml = service_yaml(
         "overload",

@@ -7,6 +7,8 @@ use clap::Parser;
 
 fn main() {
     let cli = ebb::cli::Cli::parse();
+    // Every held request and every instance costs descriptors: use all the system allows.
+    raise_fd_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
@@ -34,4 +36,13 @@ fn main() {
     // Don't wait for lingering tasks (a follow loop, idle connections).
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     std::process::exit(code);
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }

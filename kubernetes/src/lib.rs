@@ -26,3 +26,13 @@ pub fn client_for(url: &str) -> anyhow::Result<kube::Client> {
     let uri: http::Uri = url.parse()?;
     Ok(kube::Client::try_from(kube::Config::new(uri))?)
 }
+
+/// Raise the open-file soft limit to the hard limit: every held request costs a descriptor.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

@@ -164,6 +164,7 @@ async fn serve_metrics(
 
 #[tokio::main]
 async fn main() {
+    ebb_kubernetes::raise_fd_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
