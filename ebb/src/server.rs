@@ -218,12 +218,6 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         traces: traces_from_env("ebb-gateway")?,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let gateway_task = tokio::spawn(serve_with_grace(
-        listener,
-        gateway,
-        shutdown_rx.clone(),
-        opts.grace,
-    ));
 
     // The gateway's per-second demand report, sampled every 100 ms.
     let report_task = {
@@ -248,11 +242,22 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     };
 
     // Control plane.
+    let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
     let control_task = tokio::spawn(control_loop(
         store.clone(),
         opts.settings.local(),
         runtime.clone(),
         routes_tx,
+        synced_tx,
+    ));
+    // Serve only once the routing table reflects the store: a request right after a restart
+    // waits in the listen backlog instead of meeting an empty table (404).
+    let _ = synced_rx.await;
+    let gateway_task = tokio::spawn(serve_with_grace(
+        listener,
+        gateway,
+        shutdown_rx.clone(),
+        opts.grace,
     ));
 
     // API.
@@ -329,8 +334,10 @@ async fn control_loop(
     cfg: LocalConfig,
     runtime: Arc<Runtime>,
     routes: watch::Sender<Arc<RoutingTable>>,
+    synced: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut events = store.watch();
+    let mut synced = Some(synced);
     loop {
         if let Err(e) = settle(&store, &cfg, &now()) {
             tracing::error!(error = %e, "reconcile");
@@ -343,6 +350,9 @@ async fn control_loop(
             .filter_map(|v| serde_json::from_value(v).ok())
             .collect();
         routes.send_replace(Arc::new(RoutingTable::build(list.iter())));
+        if let Some(tx) = synced.take() {
+            let _ = tx.send(());
+        }
 
         tokio::select! {
             ev = events.recv() => {
