@@ -196,6 +196,35 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     let mut defaulted = svc.as_ref().clone();
     serving_api::defaults::default_service(&mut defaulted, &ctx.configs().defaults);
     let svc = Arc::new(defaulted);
+    let cfg = ctx.configs();
+    let rules = serving_api::validation::ValidationConfig {
+        defaults: cfg.defaults.clone(),
+        autoscaler: cfg.autoscaler.clone(),
+        network: cfg.network.clone(),
+    };
+    if let Err(errors) = serving_api::validation::validate_service(&svc, &rules) {
+        // What Knative's webhook would have refused: reported on the Service, children left
+        // as they are (the last valid spec keeps serving).
+        let status = serving_controller::service::invalid_service_status(&svc, &errors);
+        let changed = write_status(
+            &Api::<Service>::namespaced(c.clone(), &ns),
+            &name,
+            svc.status.as_ref(),
+            status,
+        )
+        .await?;
+        if changed {
+            publish(
+                &ctx,
+                svc.as_ref(),
+                EventType::Warning,
+                serving_controller::service::VALIDATION_FAILED,
+                &errors.to_string(),
+            )
+            .await;
+        }
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
     let configuration = Api::<Configuration>::namespaced(c.clone(), &ns)
         .patch(
             &name,

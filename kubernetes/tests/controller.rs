@@ -356,3 +356,59 @@ fn cluster_local_routes_get_no_ingress() {
     let v = serde_json::to_value(&svc).unwrap();
     assert_eq!(v["spec"]["externalName"], "a.b.svc.cluster.local");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_service_is_reported_and_its_last_valid_spec_keeps_serving() {
+    let api = start().await;
+    api.put(service("one", None));
+    eventually("first revision", || {
+        api.get(REVISIONS, "default", "hello-00001")
+    })
+    .await;
+    // Rules only a webhook would enforce: an annotation out of range, a traffic split that
+    // names a revision together with latestRevision.
+    let mut bad = service(
+        "two",
+        Some(json!([{ "latestRevision": true, "revisionName": "hello-00001", "percent": 100 }])),
+    );
+    bad["spec"]["template"]["metadata"] =
+        json!({ "annotations": { "autoscaling.knative.dev/window": "1s" } });
+    update(&api, bad);
+    let svc = eventually("validation reported", || {
+        api.get(SERVICES, "default", "hello")
+            .filter(|s| condition(s, "Ready") == ("False".into(), "ValidationFailed".into()))
+    })
+    .await;
+    let message = svc["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("spec.template.metadata.annotations.autoscaling.knative.dev/window"),
+        "{message}"
+    );
+    assert!(message.contains("spec.traffic[0]"), "{message}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        api.get(REVISIONS, "default", "hello-00002").is_none(),
+        "no revision from an invalid template"
+    );
+    let config = api.get(CONFIGURATIONS, "default", "hello").unwrap();
+    assert_eq!(
+        config["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"], "one",
+        "children untouched"
+    );
+    let events = eventually("an event", || {
+        let e = api.list("events.k8s.io/v1/events");
+        e.iter()
+            .any(|e| e["reason"] == "ValidationFailed")
+            .then_some(e)
+    })
+    .await;
+    assert!(!events.is_empty());
+}

@@ -181,3 +181,37 @@ fn unmigrated(config: &ConfigurationStatusFields, route: &RouteStatusFields) -> 
         .any(|t| t.follows_latest() && t.revision_name.as_deref() != Some(latest))
         .then(|| latest.to_string())
 }
+
+/// Reason of the conditions of a Service whose spec breaks a rule. Knative refuses such a
+/// Service in its admission webhook; Ebb has no webhook (the CRDs' CEL rules catch the
+/// structural errors), so the controller reports the rest here and leaves the children as
+/// they were: the last valid spec keeps serving.
+pub const VALIDATION_FAILED: &str = "ValidationFailed";
+
+/// The status of a Service that failed validation: Ready, ConfigurationsReady and RoutesReady
+/// False with every field error; the URL and traffic of the last valid spec kept.
+pub fn invalid_service_status(
+    svc: &Service,
+    errors: &serving_api::ValidationErrors,
+) -> ServiceStatus {
+    let previous = svc.status.clone().unwrap_or_default();
+    let message = errors
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let failed = |t: &str| Condition::new(t, ConditionStatus::False, VALIDATION_FAILED, &message);
+    let mut conditions = vec![
+        failed(conditions::CONFIGURATIONS_READY),
+        failed(conditions::READY),
+        failed(conditions::ROUTES_READY),
+    ];
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    ServiceStatus {
+        observed_generation: svc.metadata.generation,
+        conditions,
+        configuration: previous.configuration,
+        route: previous.route,
+    }
+}
