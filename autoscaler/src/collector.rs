@@ -65,6 +65,12 @@ impl Autoscaler {
         }
     }
 
+    /// Take a new config-autoscaler: cluster-wide limits apply at once; per-revision
+    /// settings follow when the backend upserts each revision again with them.
+    pub fn set_config(&mut self, config: &AutoscalerConfig) {
+        self.cluster = ClusterScaling::from(config);
+    }
+
     pub fn len(&self) -> usize {
         self.revisions.len()
     }

@@ -39,6 +39,7 @@ enum Event {
     Poke(RevisionKey, f64),
     Activator(RevisionKey, wire::Stat),
     Reset,
+    Configure(Box<AutoscalerConfig>),
 }
 
 /// How the backend talks to the running autoscaler. Cheap to clone.
@@ -61,6 +62,10 @@ impl Handle {
     /// The activator's per-second report for a revision (requests it holds or forwards).
     pub fn activator_stat(&self, key: RevisionKey, stat: wire::Stat) {
         let _ = self.tx.send(Event::Activator(key, stat));
+    }
+    /// A new config-autoscaler (upsert the revisions again with settings resolved from it).
+    pub fn configure(&self, config: AutoscalerConfig) {
+        let _ = self.tx.send(Event::Configure(Box::new(config)));
     }
     /// Forget which scales were applied, so every next decision is applied again (after
     /// gaining leadership: another replica may have scaled in between).
@@ -207,6 +212,7 @@ impl Runner {
                         self.instances.insert(key, list);
                     }
                     Some(Event::Reset) => self.applied.clear(),
+                    Some(Event::Configure(config)) => self.autoscaler.set_config(&config),
                     Some(Event::Poke(key, demand)) => self.decide(&key, Some(demand)).await,
                     Some(Event::Activator(key, stat)) => {
                         let now = self.now();

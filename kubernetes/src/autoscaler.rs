@@ -81,53 +81,92 @@ fn revision_key(r: &Revision) -> RevisionKey {
     )
 }
 
+/// Revisions as last listed, and what was upserted for each (settings + config version).
+#[derive(Default)]
+struct Scaled {
+    revisions: Vec<Revision>,
+    known: BTreeMap<RevisionKey, String>,
+    version: u64,
+}
+
+impl Scaled {
+    /// Upsert every revision whose settings (or the config) changed; remove the gone ones.
+    fn sync(&mut self, handle: &Handle, config: &AutoscalerConfig) {
+        let mut present = BTreeSet::new();
+        for r in &self.revisions {
+            let key = revision_key(r);
+            present.insert(key.clone());
+            let annotations = r.metadata.annotations.clone().unwrap_or_default();
+            let fingerprint = format!(
+                "{}{annotations:?}{:?}",
+                self.version, r.spec.container_concurrency
+            );
+            if self.known.get(&key) == Some(&fingerprint) {
+                continue;
+            }
+            match serving_api::autoscaling::resolve(
+                &annotations,
+                r.spec.container_concurrency.unwrap_or(0),
+                config,
+                "metadata.annotations",
+            ) {
+                Ok(scaling) => {
+                    handle.upsert(key.clone(), scaling);
+                    self.known.insert(key, fingerprint);
+                }
+                Err(errs) => tracing::warn!(
+                    revision = %key.name,
+                    errors = %errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                    "not scaling a revision with invalid annotations"
+                ),
+            }
+        }
+        let gone: Vec<RevisionKey> = self
+            .known
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.known.remove(&k);
+            handle.remove(k);
+        }
+    }
+}
+
 /// Feed the runner from the API: every Revision is scaled (settings from its annotations and
-/// the config map); every ready endpoint is scraped on the queue-proxy's stats port.
-pub async fn watch_inputs(client: kube::Client, handle: Handle, config: AutoscalerConfig) {
+/// config-autoscaler, re-resolved whenever `config` changes); every ready endpoint is scraped
+/// on the queue-proxy's stats port.
+pub async fn watch_inputs(
+    client: kube::Client,
+    handle: Handle,
+    mut config: watch::Receiver<AutoscalerConfig>,
+) {
+    let scaled = Arc::new(std::sync::Mutex::new(Scaled::default()));
     let revisions = {
-        let handle = handle.clone();
-        let mut known: BTreeMap<RevisionKey, String> = BTreeMap::new();
+        let (handle, scaled, config) = (handle.clone(), scaled.clone(), config.clone());
         mirror(
             Api::<Revision>::all(client.clone()),
             watcher::Config::default(),
             move |snapshot| {
-                let mut present = BTreeSet::new();
-                for r in snapshot.values() {
-                    let key = revision_key(r);
-                    present.insert(key.clone());
-                    let annotations = r.metadata.annotations.clone().unwrap_or_default();
-                    let fingerprint = format!("{annotations:?}{:?}", r.spec.container_concurrency);
-                    if known.get(&key) == Some(&fingerprint) {
-                        continue;
-                    }
-                    match serving_api::autoscaling::resolve(
-                        &annotations,
-                        r.spec.container_concurrency.unwrap_or(0),
-                        &config,
-                        "metadata.annotations",
-                    ) {
-                        Ok(scaling) => {
-                            handle.upsert(key.clone(), scaling);
-                            known.insert(key, fingerprint);
-                        }
-                        Err(errs) => tracing::warn!(
-                            revision = %key.name,
-                            errors = %errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-                            "not scaling a revision with invalid annotations"
-                        ),
-                    }
-                }
-                let gone: Vec<RevisionKey> = known
-                    .keys()
-                    .filter(|k| !present.contains(*k))
-                    .cloned()
-                    .collect();
-                for k in gone {
-                    known.remove(&k);
-                    handle.remove(k);
-                }
+                let mut s = scaled.lock().unwrap_or_else(|p| p.into_inner());
+                s.revisions = snapshot.values().cloned().collect();
+                let cfg = config.borrow().clone();
+                s.sync(&handle, &cfg);
             },
         )
+    };
+    let reconfigure = {
+        let (handle, scaled) = (handle.clone(), scaled.clone());
+        async move {
+            while config.changed().await.is_ok() {
+                let cfg = config.borrow_and_update().clone();
+                handle.configure(cfg.clone());
+                let mut s = scaled.lock().unwrap_or_else(|p| p.into_inner());
+                s.version += 1;
+                s.sync(&handle, &cfg);
+            }
+        }
     };
     let endpoints = {
         let mut published: BTreeMap<(String, String), Vec<Instance>> = BTreeMap::new();
@@ -163,7 +202,7 @@ pub async fn watch_inputs(client: kube::Client, handle: Handle, config: Autoscal
             },
         )
     };
-    tokio::join!(revisions, endpoints);
+    tokio::join!(revisions, reconfigure, endpoints);
 }
 
 /// One revision's demand as an activator reports it.

@@ -164,7 +164,7 @@ async fn the_leader_scales_deployments_and_a_follower_does_not() {
             tokio::spawn(autoscaler_inputs(
                 client.clone(),
                 handle.clone(),
-                AutoscalerConfig::default(),
+                watch::channel(AutoscalerConfig::default()).1,
             )),
         ];
         // 300 held requests at 70 per instance; poked again until the watch has listed the
@@ -219,7 +219,7 @@ async fn a_request_at_zero_wakes_the_deployment_through_the_api_and_is_answered(
     tokio::spawn(autoscaler_inputs(
         client.clone(),
         handle.clone(),
-        AutoscalerConfig::default(),
+        watch::channel(AutoscalerConfig::default()).1,
     ));
     tokio::spawn(serve_intake(intake, handle, metrics, leader_rx));
 
@@ -307,4 +307,40 @@ async fn a_request_at_zero_wakes_the_deployment_through_the_api_and_is_answered(
         .unwrap();
     assert_eq!(status, 200);
     assert_eq!(&body[..], b"hello from the pod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_config_autoscaler_applies_to_running_revisions() {
+    let api = FakeApi::start().await;
+    let client = ebb_kubernetes::client_for(&api.url()).unwrap();
+    api.put(revision("hello-00001", json!({})));
+    api.put(deployment("hello-00001", 0));
+    let (_leader_tx, leader_rx) = watch::channel(true);
+    let scaler = Arc::new(DeploymentScaler::new(client.clone(), leader_rx));
+    let (runner, handle) = Runner::new(&AutoscalerConfig::default(), scaler, Arc::default());
+    let (config_tx, config_rx) = watch::channel(AutoscalerConfig::default());
+    tokio::spawn(runner.run());
+    tokio::spawn(autoscaler_inputs(client.clone(), handle.clone(), config_rx));
+    let key = RevisionKey::new("default", "hello-00001");
+    // 30 held requests at the default target (100 × 70%): one instance.
+    wait_for("one instance", Duration::from_secs(15), || {
+        handle.poke(key.clone(), 30.0);
+        replicas(&api, "hello-00001") == 1
+    })
+    .await;
+    // The target drops to 10 × 70% = 7 per instance: the same demand needs five.
+    let cfg = AutoscalerConfig::from_map(
+        &[(
+            "container-concurrency-target-default".to_string(),
+            "10".to_string(),
+        )]
+        .into(),
+    )
+    .unwrap();
+    config_tx.send_replace(cfg);
+    wait_for("five instances", Duration::from_secs(15), || {
+        handle.poke(key.clone(), 30.0);
+        replicas(&api, "hello-00001") == 5
+    })
+    .await;
 }

@@ -1,7 +1,7 @@
 //! `ebb-autoscaler`: the KPA on Kubernetes. Wiring only; see `ebb_kubernetes::autoscaler`.
 //!
-//! Environment: `SYSTEM_NAMESPACE` (default ebb-system; holds config-autoscaler and the
-//! Lease), `POD_NAME` (leader identity), `EBB_AUTOSCALER_ADDRESS` (intake, metrics, health;
+//! Environment: `SYSTEM_NAMESPACE` (default ebb-system; holds config-autoscaler, watched and
+//! applied live, and the Lease), `POD_NAME` (leader identity), `EBB_AUTOSCALER_ADDRESS` (intake, metrics, health;
 //! default 0.0.0.0:8080), `EBB_LOG` (log filter).
 
 /// mimalloc: the proxy paths allocate per request, and glibc's allocator cost ~12% of the
@@ -41,6 +41,34 @@ async fn run() -> anyhow::Result<()> {
         None => AutoscalerConfig::default(),
     };
 
+    // config-autoscaler is watched: a valid change applies at once (every revision's settings
+    // are resolved again); an invalid one is reported and the last good one kept.
+    let (config_tx, config_rx) = watch::channel(config.clone());
+    let reloader = tokio::spawn({
+        let mut last = config.clone();
+        ebb_kubernetes::mirror::mirror(
+            cms,
+            kube::runtime::watcher::Config::default(),
+            move |snapshot| {
+                let data = snapshot
+                    .values()
+                    .find(|cm| cm.metadata.name.as_deref() == Some("config-autoscaler"))
+                    .and_then(|cm| cm.data.clone())
+                    .unwrap_or_default();
+                match AutoscalerConfig::from_map(&data) {
+                    Ok(c) if c != last => {
+                        tracing::info!("config-autoscaler reloaded");
+                        last = c.clone();
+                        config_tx.send_replace(c);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(errors = %e, "config-autoscaler rejected; keeping the last good one")
+                    }
+                }
+            },
+        )
+    });
     let (leader_tx, leader_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Arc::new(autoscaler::metrics::Metrics::default());
@@ -71,7 +99,7 @@ async fn run() -> anyhow::Result<()> {
     };
     let tasks = [
         tokio::spawn(runner.run()),
-        tokio::spawn(watch_inputs(client, handle.clone(), config)),
+        tokio::spawn(watch_inputs(client, handle.clone(), config_rx)),
         tokio::spawn(serve_intake(listener, handle, metrics, leader_rx)),
     ];
 
@@ -84,6 +112,7 @@ async fn run() -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = elector.await;
     reset.abort();
+    reloader.abort();
     for t in tasks {
         t.abort();
     }
