@@ -236,6 +236,22 @@ fn revisions_split_tags_rollback_and_named_revisions() {
         described.contains("web-blue") && described.contains("Conditions:"),
         "{described}"
     );
+
+    // Delete: the Service and everything it owns go, instances stop, the host is unknown.
+    let deleted = ebb.ok(&["delete", "ksvc", "web"]);
+    for want in [
+        "service/web deleted",
+        "revision/web-00001 deleted",
+        "route/web deleted",
+    ] {
+        assert!(deleted.contains(want), "{want} in {deleted}");
+    }
+    assert!(ebb.ok(&["get", "rev"]).trim().is_empty(), "revisions gone");
+    wait_until("instances stopped", Duration::from_secs(20), || {
+        ebb.instances().is_empty()
+    });
+    let (status, body) = rt.block_on(request(&client, ebb.gateway, &ebb.host("web"), "/"));
+    assert_eq!(status, 404, "{body}");
 }
 
 #[test]
