@@ -383,6 +383,12 @@ impl Launch {
             queue_env.insert(k.into(), "0".into());
         }
         queue_env.insert("QUEUE_BIND_ADDRESS".into(), "127.0.0.1".into());
+        // Tracing reaches the queue-proxies as it reaches the gateway: from ebb's environment.
+        if let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            && !endpoint.is_empty()
+        {
+            queue_env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint);
+        }
         queue_env.insert(
             "DRAIN_QUIET_PERIOD".into(),
             format!("{}ms", opts.drain_quiet.as_millis()),

@@ -43,6 +43,7 @@ pub struct Ebb {
     pub gateway: SocketAddr,
     pub api: SocketAddr,
     pub extra: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 fn path_env() -> std::ffi::OsString {
@@ -61,6 +62,11 @@ impl Ebb {
 
     /// Start with extra `ebb local up` flags.
     pub fn start_with(extra: &[&str]) -> Ebb {
+        Ebb::start_full(extra, &[])
+    }
+
+    /// Start with extra flags and environment variables.
+    pub fn start_full(extra: &[&str], env: &[(&str, &str)]) -> Ebb {
         let state = std::env::temp_dir().join(format!(
             "ebb-e2e-{}-{}",
             std::process::id(),
@@ -72,6 +78,10 @@ impl Ebb {
             gateway: "127.0.0.1:0".parse().expect("addr"),
             api: "127.0.0.1:0".parse().expect("addr"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         ebb.launch();
         ebb
@@ -91,6 +101,7 @@ impl Ebb {
             .arg("--config")
             .arg(config_file())
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PATH", path_env())
             .env("EBB_LOG", "info")
             .stdout(log.try_clone().expect("log"))
