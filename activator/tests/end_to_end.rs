@@ -340,18 +340,8 @@ async fn announced_instance_is_used_as_soon_as_its_queue_proxy_answers() {
 async fn spans_continue_the_trace_through_the_gateway() {
     const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
     const PARENT_ID: &str = "b7ad6b7169203331";
-    // A stand-in OTLP/HTTP collector keeping every export, and an app keeping the traceparent.
-    let exports: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let e = exports.clone();
-    let collector = testkit::spawn_app(move |req: http::Request<hyper::body::Incoming>| {
-        let e = e.clone();
-        async move {
-            let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
-            e.lock().unwrap().push(body);
-            http::Response::new(full(""))
-        }
-    })
-    .await;
+    // A stand-in OTLP/HTTP collector, and an app keeping the traceparent it receives.
+    let (collector, exports) = testkit::otlp_collector().await;
     let seen: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let s = seen.clone();
     let app = testkit::spawn_app(move |req: http::Request<hyper::body::Incoming>| {
@@ -397,16 +387,12 @@ async fn spans_continue_the_trace_through_the_gateway() {
     assert_eq!(parts[1], TRACE_ID, "same trace");
     assert_ne!(parts[2], PARENT_ID, "the gateway's span is the parent now");
     traces.shutdown();
-    let unhex = |s: &str| -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    };
-    let (trace, span) = (unhex(TRACE_ID), unhex(parts[2]));
-    let found = exports.lock().unwrap().iter().any(|b| {
-        b.windows(16).any(|w| w == trace.as_slice()) && b.windows(8).any(|w| w == span.as_slice())
-    });
+    let (trace, span) = (testkit::unhex(TRACE_ID), testkit::unhex(parts[2]));
+    let found = exports
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, b)| testkit::contains(b, &trace) && testkit::contains(b, &span));
     assert!(
         found,
         "the collector received the gateway's span in the client's trace"

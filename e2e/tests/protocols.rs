@@ -177,44 +177,7 @@ fn traces_continue_through_gateway_and_queue_proxy() {
     const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
     const PARENT_ID: &str = "b7ad6b7169203331";
     let rt = tokio::runtime::Runtime::new().unwrap();
-    // A stand-in OTLP/HTTP collector keeping every export.
-    let exports: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Default::default();
-    let collector = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let exports = exports.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let exports = exports.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: http::Request<hyper::body::Incoming>| {
-                            let exports = exports.clone();
-                            async move {
-                                let body = req
-                                    .into_body()
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes().to_vec())
-                                    .unwrap_or_default();
-                                exports.lock().unwrap().push(body);
-                                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                                    Bytes::new(),
-                                )))
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        addr
-    });
+    let (collector, exports) = rt.block_on(testkit::otlp_collector());
     let endpoint = format!("http://{collector}");
     let ebb = Ebb::start_full(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
     ebb.apply(&service_yaml("traced", "runtime-info", &[], &[]));
@@ -238,23 +201,16 @@ fn traces_continue_through_gateway_and_queue_proxy() {
     assert_ne!(parts[2], PARENT_ID, "with a span of ours as its parent");
     // Both the gateway and the queue-proxy export a span in the trace (batches leave within
     // about 5 s).
-    let trace: Vec<u8> = (0..32)
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&TRACE_ID[i..i + 2], 16).unwrap())
-        .collect();
+    let trace = testkit::unhex(TRACE_ID);
     wait_until(
         "spans from the gateway and the queue-proxy",
         Duration::from_secs(20),
         || {
             let e = exports.lock().unwrap();
-            let with_trace: Vec<&Vec<u8>> = e
-                .iter()
-                .filter(|b| b.windows(16).any(|w| w == trace.as_slice()))
-                .collect();
             let has = |svc: &str| {
-                with_trace
-                    .iter()
-                    .any(|b| b.windows(svc.len()).any(|w| w == svc.as_bytes()))
+                e.iter().any(|(_, b)| {
+                    testkit::contains(b, &trace) && testkit::contains(b, svc.as_bytes())
+                })
             };
             has("ebb-gateway") && has("queue-proxy")
         },

@@ -215,7 +215,9 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             poke_handle.poke(RevisionKey::new(ns, rev), demand as f64);
         }),
         metrics: gateway_metrics.clone(),
-        traces: traces_from_env("ebb-gateway")?,
+        traces: ebb_traces::Traces::from_env("ebb-gateway", Vec::new())
+            .map_err(anyhow::Error::msg)?
+            .map(Arc::new),
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -300,16 +302,6 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     runner.abort();
     eprintln!("ebb: stopped");
     Ok(())
-}
-
-/// Traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the same variable the queue-proxies read).
-fn traces_from_env(service: &str) -> anyhow::Result<Option<Arc<ebb_traces::Traces>>> {
-    match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Ok(Some(Arc::new(
-            ebb_traces::Traces::new(&endpoint, service, Vec::new()).map_err(anyhow::Error::msg)?,
-        ))),
-        _ => Ok(None),
-    }
 }
 
 async fn wait_for_signal() {

@@ -26,7 +26,7 @@ use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
     IngressServiceBackend, IngressSpec, ServiceBackendPort,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -42,6 +42,7 @@ use serving_api::config::{
 use serving_api::{Configuration, Revision, Route, Service, labels};
 use serving_controller::configuration::{RevisionPlan, configuration_status, plan_revision};
 use serving_controller::local::StatusConditions;
+use serving_controller::meta::controller_ref;
 use serving_controller::revision::{
     Activity, ContainerFailure, FATAL_WAITING_REASONS, WorkloadState, revision_status,
 };
@@ -437,30 +438,25 @@ async fn reconcile_revision(rev: Arc<Revision>, ctx: Arc<Context>) -> Result<Act
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
-fn owner(route: &Route) -> Option<OwnerReference> {
-    Some(OwnerReference {
-        api_version: "serving.knative.dev/v1".into(),
-        kind: "Route".into(),
-        name: route.metadata.name.clone()?,
-        uid: route.metadata.uid.clone()?,
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    })
+/// Metadata of an object the Route controls: same name and namespace, the route label, the
+/// controller reference.
+fn route_child_meta(route: &Route) -> ObjectMeta {
+    ObjectMeta {
+        name: route.metadata.name.clone(),
+        namespace: route.metadata.namespace.clone(),
+        labels: Some(BTreeMap::from([(
+            labels::ROUTE.to_string(),
+            route.name_any(),
+        )])),
+        owner_references: controller_ref(route).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
 }
 
 /// The Route's exposure: `NAME.NAMESPACE.svc.cluster.local` through the activator.
 pub fn placeholder_service(route: &Route, activator_host: &str) -> KubeService {
     KubeService {
-        metadata: ObjectMeta {
-            name: route.metadata.name.clone(),
-            namespace: route.metadata.namespace.clone(),
-            labels: Some(BTreeMap::from([(
-                labels::ROUTE.to_string(),
-                route.name_any(),
-            )])),
-            owner_references: owner(route).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
+        metadata: route_child_meta(route),
         spec: Some(ServiceSpec {
             type_: Some("ExternalName".into()),
             external_name: Some(activator_host.into()),
@@ -518,16 +514,7 @@ pub fn desired_ingress(route: &Route, class: Option<&str>) -> Option<Ingress> {
         resource: None,
     };
     Some(Ingress {
-        metadata: ObjectMeta {
-            name: route.metadata.name.clone(),
-            namespace: route.metadata.namespace.clone(),
-            labels: Some(BTreeMap::from([(
-                labels::ROUTE.to_string(),
-                route.name_any(),
-            )])),
-            owner_references: owner(route).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
+        metadata: route_child_meta(route),
         spec: Some(IngressSpec {
             ingress_class_name: class.map(str::to_string),
             rules: Some(

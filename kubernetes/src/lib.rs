@@ -36,3 +36,26 @@ pub fn raise_fd_limit() {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
+
+/// An environment variable, or `default` when it is unset or empty.
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// What every binary's `main` does: logs to stderr filtered by `EBB_LOG` (default info), run,
+/// and on error print it after the binary's name and exit 1.
+pub async fn main(name: &str, run: impl std::future::Future<Output = anyhow::Result<()>>) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(e) = run.await {
+        eprintln!("{name}: {e}");
+        std::process::exit(1);
+    }
+}

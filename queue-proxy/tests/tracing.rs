@@ -7,40 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use http_body_util::BodyExt;
 
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT_ID: &str = "b7ad6b7169203331";
 
-/// Every export the stand-in collector received: (path, body).
-type Exports = Vec<(String, Vec<u8>)>;
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_continue_the_trace_and_reach_the_collector() {
-    // A stand-in OTLP/HTTP collector that keeps every export it receives.
-    let exports: Arc<Mutex<Exports>> = Arc::default();
-    let e = exports.clone();
-    let collector = spawn_app(move |req: http::Request<hyper::body::Incoming>| {
-        let e = e.clone();
-        async move {
-            let path = req.uri().path().to_string();
-            let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
-            e.lock().unwrap().push((path, body));
-            http::Response::new(full(""))
-        }
-    })
-    .await;
+    let (collector, exports) = testkit::otlp_collector().await;
     let seen: Arc<Mutex<Option<String>>> = Arc::default();
     let s = seen.clone();
     let app = spawn_app(move |req: http::Request<hyper::body::Incoming>| {
@@ -82,15 +55,15 @@ async fn spans_continue_the_trace_and_reach_the_collector() {
         parts[2], PARENT_ID,
         "the queue-proxy's span is the app's parent"
     );
-    let our_span = unhex(parts[2]);
+    let our_span = testkit::unhex(parts[2]);
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let found = exports.lock().unwrap().iter().any(|(path, body)| {
             path == "/v1/traces"
-                && contains(body, &unhex(TRACE_ID))
-                && contains(body, &unhex(PARENT_ID))
-                && contains(body, &our_span)
+                && testkit::contains(body, &testkit::unhex(TRACE_ID))
+                && testkit::contains(body, &testkit::unhex(PARENT_ID))
+                && testkit::contains(body, &our_span)
         });
         if found {
             break;

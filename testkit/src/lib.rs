@@ -134,3 +134,43 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     };
     (field("VmHWM:"), field("VmRSS:"))
 }
+
+/// Every export a stand-in collector received: (path, body).
+pub type Exports = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A stand-in OTLP/HTTP collector on loopback that keeps every export it receives.
+pub async fn otlp_collector() -> (SocketAddr, Exports) {
+    let exports: Exports = Exports::default();
+    let e = exports.clone();
+    let addr = spawn_app(move |req: Request<Incoming>| {
+        let e = e.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().to_vec())
+                .unwrap_or_default();
+            if let Ok(mut e) = e.lock() {
+                e.push((path, body));
+            }
+            Response::new(full(""))
+        }
+    })
+    .await;
+    (addr, exports)
+}
+
+/// Bytes from hex (trace and span ids as they appear in `traceparent`).
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .filter_map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}

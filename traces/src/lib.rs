@@ -59,6 +59,17 @@ impl Traces {
         })
     }
 
+    /// Traces exported to `OTEL_EXPORTER_OTLP_ENDPOINT` when that is set (and not empty); None
+    /// otherwise.
+    pub fn from_env(service: &str, resource: Vec<KeyValue>) -> Result<Option<Traces>, String> {
+        match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            Ok(endpoint) if !endpoint.is_empty() => {
+                Traces::new(&endpoint, service, resource).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Start the server span of a request, child of its `traceparent` if any. Returns the span
     /// and the trace headers the next hop must receive (pointing at the new span).
     pub fn start(

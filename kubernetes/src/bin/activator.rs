@@ -21,32 +21,26 @@ use activator::revisions::Revisions;
 use activator::routes::{Listener, RoutingTable};
 use activator::throttler::Limits;
 use bytes::Bytes;
+use ebb_kubernetes::env_or;
 use ebb_kubernetes::gateway::{Reporter, watch_autoscalers, watch_inputs};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
 async fn bind(var: &str, default: &str) -> anyhow::Result<TcpListener> {
-    let addr = env(var, default);
+    let addr = env_or(var, default);
     TcpListener::bind(&addr)
         .await
         .map_err(|e| anyhow::anyhow!("{var} {addr}: {e}"))
 }
 
 async fn run() -> anyhow::Result<()> {
-    let namespace = env("SYSTEM_NAMESPACE", ebb_kubernetes::DEFAULT_SYSTEM_NAMESPACE);
-    let pod = env("POD_NAME", &format!("ebb-activator-{}", std::process::id()));
-    let autoscaler_service = env("EBB_AUTOSCALER_SERVICE", "ebb-autoscaler");
+    let namespace = env_or("SYSTEM_NAMESPACE", ebb_kubernetes::DEFAULT_SYSTEM_NAMESPACE);
+    let pod = env_or("POD_NAME", &format!("ebb-activator-{}", std::process::id()));
+    let autoscaler_service = env_or("EBB_AUTOSCALER_SERVICE", "ebb-autoscaler");
     let grace = Duration::from_secs(
-        env("EBB_GRACE", "20")
+        env_or("EBB_GRACE", "20")
             .parse()
             .map_err(|_| anyhow::anyhow!("EBB_GRACE: must be a whole number of seconds"))?,
     );
@@ -61,17 +55,12 @@ async fn run() -> anyhow::Result<()> {
         metrics_listener.local_addr()?
     );
 
-    let traces = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(Arc::new(
-            ebb_traces::Traces::new(
-                &endpoint,
-                "activator",
-                vec![ebb_traces::KeyValue::new("k8s.pod.name", pod.clone())],
-            )
-            .map_err(anyhow::Error::msg)?,
-        )),
-        _ => None,
-    };
+    let traces = ebb_traces::Traces::from_env(
+        "activator",
+        vec![ebb_traces::KeyValue::new("k8s.pod.name", pod.clone())],
+    )
+    .map_err(anyhow::Error::msg)?
+    .map(Arc::new);
     let revisions = Arc::new(Revisions::new(Limits::default()));
     let metrics = Arc::new(activator::metrics::Metrics::default());
     let (routes_tx, routes_rx) = watch::channel(Arc::new(RoutingTable::default()));
@@ -165,14 +154,5 @@ async fn serve_metrics(
 #[tokio::main]
 async fn main() {
     ebb_kubernetes::raise_fd_limit();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    if let Err(e) = run().await {
-        eprintln!("ebb-activator: {e}");
-        std::process::exit(1);
-    }
+    ebb_kubernetes::main("ebb-activator", run()).await;
 }

@@ -13,25 +13,19 @@ use std::sync::Arc;
 
 use autoscaler::runner::Runner;
 use ebb_kubernetes::autoscaler::{DeploymentScaler, serve_intake, watch_inputs};
+use ebb_kubernetes::env_or;
 use ebb_kubernetes::leader::Elector;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serving_api::config::AutoscalerConfig;
 use tokio::sync::watch;
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
 async fn run() -> anyhow::Result<()> {
-    let namespace = env("SYSTEM_NAMESPACE", ebb_kubernetes::DEFAULT_SYSTEM_NAMESPACE);
-    let identity = env(
+    let namespace = env_or("SYSTEM_NAMESPACE", ebb_kubernetes::DEFAULT_SYSTEM_NAMESPACE);
+    let identity = env_or(
         "POD_NAME",
         &format!("ebb-autoscaler-{}", std::process::id()),
     );
-    let address = env("EBB_AUTOSCALER_ADDRESS", "0.0.0.0:8080");
+    let address = env_or("EBB_AUTOSCALER_ADDRESS", "0.0.0.0:8080");
     let client = ebb_kubernetes::client().await?;
 
     let cms: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), &namespace);
@@ -121,14 +115,5 @@ async fn run() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    if let Err(e) = run().await {
-        eprintln!("ebb-autoscaler: {e}");
-        std::process::exit(1);
-    }
+    ebb_kubernetes::main("ebb-autoscaler", run()).await;
 }

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use ebb_kubernetes::controller::{Configs, Context, run};
+use ebb_kubernetes::env_or;
 use ebb_kubernetes::leader::Elector;
 use ebb_kubernetes::mirror::mirror;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -31,13 +32,6 @@ const CONFIG_MAPS: [&str; 5] = [
     "config-autoscaler",
 ];
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
 fn maps(list: impl Iterator<Item = ConfigMap>) -> BTreeMap<String, BTreeMap<String, String>> {
     list.filter_map(|cm| Some((cm.metadata.name.clone()?, cm.data.unwrap_or_default())))
         .filter(|(n, _)| CONFIG_MAPS.contains(&n.as_str()))
@@ -45,19 +39,19 @@ fn maps(list: impl Iterator<Item = ConfigMap>) -> BTreeMap<String, BTreeMap<Stri
 }
 
 async fn run_controller() -> anyhow::Result<()> {
-    let namespace = env("SYSTEM_NAMESPACE", ebb_kubernetes::DEFAULT_SYSTEM_NAMESPACE);
-    let pod = env(
+    let namespace = env_or("SYSTEM_NAMESPACE", ebb_kubernetes::DEFAULT_SYSTEM_NAMESPACE);
+    let pod = env_or(
         "POD_NAME",
         &format!("ebb-controller-{}", std::process::id()),
     );
-    let activator = env(
+    let activator = env_or(
         "EBB_ACTIVATOR_HOST",
         &format!("ebb-activator-internal.{namespace}.svc.cluster.local"),
     );
     let ingress_class = std::env::var("EBB_INGRESS_CLASS")
         .ok()
         .filter(|c| !c.is_empty());
-    let address = env("EBB_CONTROLLER_ADDRESS", "0.0.0.0:8080");
+    let address = env_or("EBB_CONTROLLER_ADDRESS", "0.0.0.0:8080");
     let client = ebb_kubernetes::client().await?;
 
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
@@ -150,14 +144,5 @@ async fn run_controller() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    if let Err(e) = run_controller().await {
-        eprintln!("ebb-controller: {e}");
-        std::process::exit(1);
-    }
+    ebb_kubernetes::main("ebb-controller", run_controller()).await;
 }
