@@ -42,6 +42,11 @@ impl Buffered {
         }
     }
 
+    /// Put bytes already read back in front of what the socket has.
+    pub fn rewind(&mut self, data: &[u8]) {
+        self.inner.rewind(data);
+    }
+
     /// Write out what is buffered.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.buf.len() {

@@ -1,19 +1,20 @@
 //! The gateway proper: pingora's proxy with Ebb's routing and throttling, embedded in our own
 //! Tokio runtime (we run the accept loop; pingora handles each connection).
 //!
-//! Per request: strip internal headers (a client cannot pick a revision); route by Host and
-//! `Knative-Serving-Tag` (404 naming the host when nothing matches); take a lease on an
-//! instance, waiting in the revision's queue up to its timeout (503 with Retry-After when the
-//! queue is full, 504 past the deadline); mark the request as proxied; on a failed connect
+//! Per request: route by Host and `Knative-Serving-Tag` and take a lease on an instance,
+//! waiting in the revision's queue up to its timeout (503 with Retry-After when the queue is
+//! full, 504 past the deadline) — for HTTP/1 in [`crate::admission`], before pingora, so that a
+//! held request is cheap; then strip internal headers (a client cannot pick a revision); 404
+//! naming the host when nothing matches; mark the request as proxied; on a failed connect
 //! (nothing was sent) take that instance out of rotation and choose again.
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_core::protocols::Stream;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
@@ -22,14 +23,17 @@ use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admission::{Admission, Admitted, KEEPALIVE, admit};
+use crate::buffered::Buffered;
 use crate::revisions::{RevisionState, Revisions};
-use crate::routes::{Listener, RoutingTable};
-use crate::throttler::{Lease, Refused};
+use crate::routes::{Listener, RoutingTable, Target};
+use crate::throttler::Lease;
 
 /// Called when a request has to wait for a revision that has no ready instance: the autoscaler
 /// should decide at once (a poke) instead of at its next tick.
 pub type Poke = Arc<dyn Fn(&str, &str, usize) + Send + Sync>;
 
+#[derive(Clone)]
 pub struct Gateway {
     pub routes: watch::Receiver<Arc<RoutingTable>>,
     pub revisions: Arc<Revisions>,
@@ -55,7 +59,9 @@ pub struct Ctx {
     lease: Option<Lease>,
     /// Set for errors we classify ourselves (status, reason).
     refusal: Option<(u16, String)>,
-    route: Option<String>,
+    target: Option<Arc<Target>>,
+    /// Routed (and leased or refused) by admission: not routed again.
+    admitted: bool,
     span: Option<ebb_traces::Span>,
 }
 
@@ -88,6 +94,76 @@ async fn respond(session: &mut Session, status: u16, reason: &str, retry_after: 
     }
 }
 
+impl Gateway {
+    /// An instance of `rev` for a request that arrived at `started` and holds `bytes` while it
+    /// waits: at once when one has room, else after waiting in the revision's queue (poking
+    /// the autoscaler when there is no instance at all). Refused with 503 when the queue is
+    /// full, 504 when the revision's timeout passes first.
+    pub async fn lease(
+        &self,
+        rev: &RevisionState,
+        started: Instant,
+        bytes: usize,
+    ) -> std::result::Result<Lease, (u16, String)> {
+        let deadline = started + rev.timeout();
+        let throttler = &rev.throttler;
+        if throttler.endpoints() == 0 {
+            (self.poke)(&rev.namespace, &rev.name, throttler.queued() + 1);
+        }
+        let waiting = Instant::now();
+        let acquired = tokio::time::timeout_at(deadline.into(), throttler.acquire(bytes)).await;
+        self.metrics
+            .waited(&rev.namespace, &rev.name, waiting.elapsed());
+        match acquired {
+            Ok(Ok(lease)) => Ok(lease),
+            Ok(Err(refused)) => Err((503, refused.to_string())),
+            Err(_) => Err((
+                504,
+                format!(
+                    "timeout: no instance of revision {} became available within {:?}",
+                    rev.name,
+                    rev.timeout()
+                ),
+            )),
+        }
+    }
+}
+
+impl Gateway {
+    /// Route a request admission left to pingora: sets the context's revision, or answers
+    /// 404 (no route for the host) or 503 (a route with no revision to send to).
+    async fn route(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let req = session.req_header();
+        let host = host_of(req);
+        let tag = req
+            .headers
+            .get(wire::HEADER_TAG)
+            .and_then(|t| t.to_str().ok())
+            .map(str::to_string);
+        let table = self.routes.borrow().clone();
+        let Some(target) = table.lookup(&host, self.listener) else {
+            respond(session, 404, &format!("no route for host {host:?}"), false).await;
+            return Ok(());
+        };
+        let Some(revision) = target.pick(tag.as_deref(), fastrand::u32(0..100)) else {
+            respond(
+                session,
+                503,
+                &format!("route {} has no ready revision", target.route),
+                true,
+            )
+            .await;
+            return Ok(());
+        };
+        let rev = self.revisions.get(&target.namespace, revision);
+        rev.arrivals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.revision = Some(rev);
+        ctx.target = Some(target.clone());
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -99,39 +175,47 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Admission hands its decision over as the connection's user context.
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        prev: Box<dyn Any + Send + Sync>,
+    ) {
+        if let Ok(a) = prev.downcast::<Admitted>() {
+            let Admitted {
+                started,
+                target,
+                revision,
+                lease,
+            } = *a;
+            ctx.started = Some(started);
+            ctx.target = Some(target);
+            ctx.revision = Some(revision);
+            match lease {
+                Ok(lease) => ctx.lease = Some(lease),
+                Err(refusal) => ctx.refusal = Some(refusal),
+            }
+            ctx.admitted = true;
+        }
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header_mut();
         // Never obeyed from clients: only the routing table chooses revisions.
         req.remove_header(wire::HEADER_REVISION);
         req.remove_header(wire::HEADER_NAMESPACE);
-        let host = host_of(req);
-        let tag = req
-            .headers
-            .get(wire::HEADER_TAG)
-            .and_then(|t| t.to_str().ok())
-            .map(str::to_string);
-        let table = self.routes.borrow().clone();
-        let Some(target) = table.lookup(&host, self.listener) else {
-            respond(session, 404, &format!("no route for host {host:?}"), false).await;
-            return Ok(true);
-        };
-        let Some(revision) = target.pick(tag.as_deref(), fastrand::u32(0..100)) else {
-            respond(
-                session,
-                503,
-                &format!("route {} has no ready revision", target.route),
-                true,
-            )
-            .await;
-            return Ok(true);
-        };
-        let rev = self.revisions.get(&target.namespace, revision);
-        rev.arrivals
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = &self.traces {
+        if !ctx.admitted {
+            self.route(session, ctx).await?;
+        }
+        if let (Some(t), Some(rev), Some(target)) = (&self.traces, &ctx.revision, &ctx.target) {
             let req = session.req_header();
             let (method, path) = (req.method.to_string(), req.uri.path().to_string());
-            let (span, next) = t.start(
+            let started = std::time::SystemTime::now()
+                - ctx
+                    .started
+                    .map_or(std::time::Duration::ZERO, |s| s.elapsed());
+            let (span, next) = t.start_at(
                 &req.headers,
                 &method,
                 &path,
@@ -140,6 +224,7 @@ impl ProxyHttp for Gateway {
                     ebb_traces::KeyValue::new("knative.route", target.route.clone()),
                     ebb_traces::KeyValue::new("knative.revision", rev.name.clone()),
                 ],
+                started,
             );
             // The queue-proxy's span becomes a child of ours.
             let req = session.req_header_mut();
@@ -148,62 +233,48 @@ impl ProxyHttp for Gateway {
             }
             ctx.span = Some(span);
         }
-        ctx.revision = Some(rev);
-        ctx.route = Some(target.route.clone());
-        Ok(false)
+        Ok(ctx.revision.is_none())
     }
-
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(rev) = ctx.revision.clone() else {
             return Error::e_explain(ErrorType::InternalError, "no revision chosen");
         };
-        ctx.lease = None;
-        let deadline = ctx.started.unwrap_or_else(Instant::now) + rev.timeout();
-        // What a waiting request holds in memory: its headers (the body stays in the socket
-        // until an instance is chosen).
-        let req = session.req_header();
-        let bytes = req
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum::<usize>()
-            + req.uri.path_and_query().map_or(0, |p| p.as_str().len());
-        let throttler = rev.throttler.clone();
-        if throttler.endpoints() == 0 {
-            (self.poke)(&rev.namespace, &rev.name, throttler.queued() + 1);
+        if let Some((code, reason)) = &ctx.refusal {
+            return Error::e_explain(ErrorType::HTTPStatus(*code), reason.clone());
         }
-        let waiting = Instant::now();
-        let acquired = tokio::time::timeout_at(deadline.into(), throttler.acquire(bytes)).await;
-        self.metrics
-            .waited(&rev.namespace, &rev.name, waiting.elapsed());
-        match acquired {
-            Ok(Ok(lease)) => {
-                let mut peer = HttpPeer::new(lease.addr, false, String::new());
-                if rev.h2c() {
-                    peer.options.set_http_version(2, 2);
-                    // pingora opens one stream per connection by default; share connections.
-                    peer.options.max_h2_streams = 100;
+        // Admission's lease, or the one kept from an attempt that failed after connecting;
+        // else (HTTP/2 streams, heads left to pingora, a retry after a failed connect) wait here.
+        let lease = match ctx.lease.take() {
+            Some(lease) => lease,
+            None => {
+                // What a waiting request holds in memory: its headers (the body stays in the
+                // socket until an instance is chosen).
+                let req = session.req_header();
+                let bytes = req
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                    .sum::<usize>()
+                    + req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+                let started = ctx.started.unwrap_or_else(Instant::now);
+                match self.lease(&rev, started, bytes).await {
+                    Ok(lease) => lease,
+                    Err((code, reason)) => {
+                        ctx.refusal = Some((code, reason.clone()));
+                        return Error::e_explain(ErrorType::HTTPStatus(code), reason);
+                    }
                 }
-                peer.options.connection_timeout = Some(std::time::Duration::from_secs(2));
-                ctx.lease = Some(lease);
-                Ok(Box::new(peer))
             }
-            Ok(Err(refused)) => {
-                let reason = refused.to_string();
-                ctx.refusal = Some((503, reason.clone()));
-                let _ = matches!(refused, Refused::QueueFull { .. });
-                Error::e_explain(ErrorType::HTTPStatus(503), reason)
-            }
-            Err(_) => {
-                let reason = format!(
-                    "timeout: no instance of revision {} became available within {:?}",
-                    rev.name,
-                    rev.timeout()
-                );
-                ctx.refusal = Some((504, reason.clone()));
-                Error::e_explain(ErrorType::HTTPStatus(504), reason)
-            }
+        };
+        let mut peer = HttpPeer::new(lease.addr, false, String::new());
+        if rev.h2c() {
+            peer.options.set_http_version(2, 2);
+            // pingora opens one stream per connection by default; share connections.
+            peer.options.max_h2_streams = 100;
         }
+        peer.options.connection_timeout = Some(std::time::Duration::from_secs(2));
+        ctx.lease = Some(lease);
+        Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(
@@ -292,13 +363,13 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         // The response is complete: give the instance's slot back.
         ctx.lease = None;
-        if let (Some(rev), Some(route)) = (&ctx.revision, &ctx.route) {
+        if let (Some(rev), Some(target)) = (&ctx.revision, &ctx.target) {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
             let took = ctx
                 .started
                 .map_or(std::time::Duration::ZERO, |s| s.elapsed());
             self.metrics
-                .request(&rev.namespace, route, &rev.name, status, took);
+                .request(&rev.namespace, &target.route, &rev.name, status, took);
             if let Some(span) = ctx.span.take() {
                 ebb_traces::Traces::finish(span, status);
             }
@@ -326,7 +397,8 @@ pub async fn serve_with_grace(
     grace: std::time::Duration,
 ) {
     let conf = Arc::new(ServerConf::default());
-    let mut proxy = pingora_proxy::http_proxy(&conf, gateway);
+    let mut proxy = pingora_proxy::http_proxy(&conf, gateway.clone());
+    let gateway = Arc::new(gateway);
     // HTTP/2 with prior knowledge (gRPC) as well as HTTP/1.1 on the same port.
     let mut options = pingora_core::apps::HttpServerOptions::default();
     options.h2c = true;
@@ -346,24 +418,9 @@ pub async fn serve_with_grace(
                 let shutdown = shutdown.clone();
                 let open = open.clone();
                 open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let gateway = gateway.clone();
                 tokio::spawn(async move {
-                    use pingora_core::apps::ServerApp;
-                    use std::os::fd::AsRawFd;
-                    use pingora_core::protocols::{GetSocketDigest, SocketDigest};
-                    let mut l4: pingora_core::protocols::l4::stream::Stream = tcp.into();
-                    // What pingora's own listener records, so that client_addr() works.
-                    let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
-                    let _ = digest.peer_addr.set(Some(peer.into()));
-                    l4.set_socket_digest(digest);
-                    let mut stream: Stream = Box::new(crate::buffered::Buffered::new(l4));
-                    // Keep-alive: pingora hands the connection back while it is reusable (it
-                    // stops doing so once `shutdown` is true).
-                    while let Some(s) = proxy.process_new(stream, &shutdown).await {
-                        if *shutdown.borrow() {
-                            break;
-                        }
-                        stream = s;
-                    }
+                    connection(&proxy, &gateway, tcp, peer, &shutdown).await;
                     open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
@@ -380,5 +437,115 @@ pub async fn serve_with_grace(
     let deadline = Instant::now() + grace;
     while open.load(std::sync::atomic::Ordering::SeqCst) > 0 && Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// One downstream connection: each HTTP/1 request is admitted (read, routed, given an
+/// instance) and then proxied by pingora; HTTP/2 goes to pingora whole.
+///
+/// This future is what an idle or held connection costs, so pingora's large values (its
+/// stream setup, its session) are built in plain functions and never live in it.
+async fn connection(
+    proxy: &Arc<HttpProxy<Gateway>>,
+    gateway: &Gateway,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shutdown: &watch::Receiver<bool>,
+) {
+    use pingora_core::apps::ServerApp;
+
+    let mut stream = downstream(tcp, peer);
+    let h2c = proxy.server_options.as_ref().is_some_and(|o| o.h2c);
+    loop {
+        let admitted = match admit(gateway, &mut stream, shutdown, h2c).await {
+            Admission::Closed => return,
+            Admission::H2 => {
+                let _ = proxy.process_new(Box::new(stream), shutdown).await;
+                return;
+            }
+            Admission::Pass => None,
+            Admission::Admitted(a) => Some(a),
+        };
+        let Some(reused) = http1(proxy, stream, admitted, shutdown).await else {
+            return;
+        };
+        if *shutdown.borrow() {
+            return;
+        }
+        match reused.consume().0.into_any().downcast::<Buffered>() {
+            Ok(b) => stream = *b,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Wrap an accepted connection the way pingora's own listener would.
+fn downstream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Buffered {
+    use pingora_core::protocols::{GetSocketDigest, SocketDigest};
+    use std::os::fd::AsRawFd;
+
+    let mut l4: pingora_core::protocols::l4::stream::Stream = tcp.into();
+    // What pingora's own listener records, so that client_addr() works.
+    let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    l4.set_socket_digest(digest);
+    Buffered::new(l4)
+}
+
+/// Pingora's processing of one HTTP/1 request (its future is boxed), with admission's decision
+/// as the connection's user context.
+fn http1<'a>(
+    proxy: &'a Arc<HttpProxy<Gateway>>,
+    stream: Buffered,
+    admitted: Option<Admitted>,
+    shutdown: &'a watch::Receiver<bool>,
+) -> std::pin::Pin<Box<dyn Future<Output = Option<pingora_core::apps::ReusedHttpStream>> + Send + 'a>>
+{
+    use pingora_core::apps::HttpServerApp;
+    use pingora_core::protocols::http::ServerSession;
+
+    let mut session = ServerSession::new_http1(Box::new(stream));
+    // Keep-alive until shutdown, as pingora's own loop does.
+    session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE.as_secs()));
+    session.set_connection_user_context(
+        admitted.map(|a| -> Box<dyn Any + Send + Sync> { Box::new(a) }),
+    );
+    proxy.process_new_http(session, shutdown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection waiting in admission — idle between requests or held while its revision
+    /// wakes — costs this future (plus its head bytes and a queue place). Pingora's
+    /// per-request state (about 18 KiB) must never become part of it.
+    #[tokio::test]
+    async fn a_waiting_connection_is_small() {
+        let (_tx, routes) = watch::channel(Arc::new(RoutingTable::build([])));
+        let gateway = Gateway {
+            routes,
+            revisions: Arc::default(),
+            listener: Listener::External,
+            poke: Arc::new(|_, _, _| {}),
+            metrics: Arc::default(),
+            traces: None,
+        };
+        let (_stop, shutdown) = watch::channel(false);
+        let conf = Arc::new(ServerConf::default());
+        let proxy = Arc::new(pingora_proxy::http_proxy(&conf, gateway.clone()));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let conn = connection(&proxy, &gateway, tcp, addr, &shutdown);
+        let size = std::mem::size_of_val(&conn);
+        assert!(
+            size <= 1536,
+            "a waiting connection's future is {size} bytes"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! request in a bounded FIFO queue while none has room, e.g. while the revision wakes from
 //! zero. The proxy that drives both (pingora) is wired on top; these modules do no I/O.
 
+pub mod admission;
 pub mod buffered;
 pub mod gateway;
 pub mod metrics;

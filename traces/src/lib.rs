@@ -77,7 +77,26 @@ impl Traces {
         headers: &http::HeaderMap,
         method: &str,
         path: &str,
+        attributes: Vec<KeyValue>,
+    ) -> (Span, http::HeaderMap) {
+        self.start_at(
+            headers,
+            method,
+            path,
+            attributes,
+            std::time::SystemTime::now(),
+        )
+    }
+
+    /// [`Traces::start`] for a request that arrived at `started` (e.g. before it waited for an
+    /// instance, so that the span covers the wait).
+    pub fn start_at(
+        &self,
+        headers: &http::HeaderMap,
+        method: &str,
+        path: &str,
         mut attributes: Vec<KeyValue>,
+        started: std::time::SystemTime,
     ) -> (Span, http::HeaderMap) {
         let parent = self.propagator.extract(&HeaderExtractor(headers));
         attributes.push(KeyValue::new("http.request.method", method.to_string()));
@@ -90,6 +109,7 @@ impl Traces {
             ))
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
+            .with_start_time(started)
             .start_with_context(&self.tracer, &parent);
         let cx =
             opentelemetry::Context::current().with_remote_span_context(span.span_context().clone());

@@ -1,0 +1,206 @@
+//! Admission: the part of the HTTP/1 request path that runs before pingora.
+//!
+//! Each request head is read here, routed, and given an instance — waiting in its revision's
+//! queue while there is none — before pingora builds its per-request state. Pingora's session
+//! for one request costs about 18 KiB (a 4 KiB read buffer, its boxed request future, parsed
+//! headers); a request held here while its revision wakes from zero costs its head bytes, a
+//! queue place and this connection's task. Idle keep-alive connections wait here too.
+//!
+//! What cannot be decided here is left to pingora, which sees the same bytes: a head that does
+//! not parse (pingora answers 400), a host with no route (404), a route with no revision (503),
+//! and HTTP/2 with prior knowledge (its streams are routed one by one in `request_filter`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+use crate::buffered::Buffered;
+use crate::gateway::Gateway;
+use crate::revisions::RevisionState;
+use crate::routes::Target;
+use crate::throttler::Lease;
+
+/// How long a connection may stay without a complete request head: pingora's own keep-alive
+/// default, applied to the first request too (a client that never finishes its head is closed).
+pub const KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// First read buffer for a head; most heads fit.
+const HEAD_BUF: usize = 2048;
+
+/// Past this many bytes without a complete head, pingora reads the rest (and applies its own
+/// limit).
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Headers parsed here at most; a head with more is left to pingora.
+const MAX_HEADERS: usize = 128;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What admission decided for the next request on a connection.
+#[derive(Debug)]
+pub enum Admission {
+    /// The connection ended (closed, idle past [`KEEPALIVE`], or shutting down) before a
+    /// request began.
+    Closed,
+    /// HTTP/2 with prior knowledge: the connection goes to pingora as a whole.
+    H2,
+    /// Left to pingora to route or reject.
+    Pass,
+    /// Routed, and given an instance or refused.
+    Admitted(Admitted),
+}
+
+/// A routed request, handed to pingora as the connection's user context.
+#[derive(Debug)]
+pub struct Admitted {
+    /// When its head was complete: its deadline and latency count from here.
+    pub started: Instant,
+    pub target: Arc<Target>,
+    pub revision: Arc<RevisionState>,
+    /// The instance to send it to, or the status and reason it is refused with.
+    pub lease: Result<Lease, (u16, String)>,
+}
+
+/// Routing facts of one parsed head.
+struct Head<'a> {
+    host: &'a str,
+    tag: Option<&'a str>,
+}
+
+enum Parsed<'a> {
+    Complete(Option<Head<'a>>),
+    Partial,
+    Invalid,
+}
+
+fn parse(buf: &[u8]) -> Parsed<'_> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Invalid,
+    }
+    let value = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    // Requests without a Host header (absolute-form targets, HTTP/1.0) are routed by pingora.
+    Parsed::Complete(value("host").map(|host| Head {
+        host,
+        tag: value(wire::HEADER_TAG),
+    }))
+}
+
+/// Read the next request head on `stream` and admit it. The bytes read are put back for pingora
+/// to read again.
+pub async fn admit(
+    gateway: &Gateway,
+    stream: &mut Buffered,
+    shutdown: &watch::Receiver<bool>,
+    h2c: bool,
+) -> Admission {
+    let deadline = tokio::time::Instant::now() + KEEPALIVE;
+    let mut buf = Vec::with_capacity(HEAD_BUF);
+    let (target, revision) = loop {
+        if buf.len() == buf.capacity() {
+            if buf.len() >= MAX_HEAD {
+                stream.rewind(&buf);
+                return Admission::Pass;
+            }
+            buf.reserve(buf.len());
+        }
+        let read = if buf.is_empty() {
+            // Between requests: a shutdown ends the connection.
+            let mut stop = shutdown.clone();
+            tokio::select! {
+                biased;
+                r = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => r,
+                _ = stop.wait_for(|s| *s) => return Admission::Closed,
+            }
+        } else {
+            tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            // Closed, reset or idle too long.
+            _ => return Admission::Closed,
+        }
+        if h2c {
+            let n = buf.len().min(H2_PREFACE.len());
+            if buf[..n] == H2_PREFACE[..n] {
+                if n < H2_PREFACE.len() {
+                    continue;
+                }
+                stream.rewind(&buf);
+                return Admission::H2;
+            }
+        }
+        match parse(&buf) {
+            Parsed::Partial => continue,
+            Parsed::Invalid | Parsed::Complete(None) => {
+                stream.rewind(&buf);
+                return Admission::Pass;
+            }
+            Parsed::Complete(Some(head)) => {
+                let table = gateway.routes.borrow().clone();
+                let Some(target) = table.lookup(head.host, gateway.listener).cloned() else {
+                    stream.rewind(&buf);
+                    return Admission::Pass;
+                };
+                let Some(revision) = target.pick(head.tag, fastrand::u32(0..100)) else {
+                    stream.rewind(&buf);
+                    return Admission::Pass;
+                };
+                let revision = gateway.revisions.get(&target.namespace, revision);
+                break (target, revision);
+            }
+        }
+    };
+    let started = Instant::now();
+    let bytes = buf.len();
+    // Pingora reads the head from here; what waits is a copy of exactly its size.
+    stream.rewind(&buf);
+    drop(buf);
+    revision
+        .arrivals
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let lease = gateway.lease(&revision, started, bytes).await;
+    Admission::Admitted(Admitted {
+        started,
+        target,
+        revision,
+        lease,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_finds_host_and_tag_case_insensitively() {
+        let head = b"GET /x HTTP/1.1\r\nHOST: a.b\r\nknative-serving-tag: canary\r\n\r\n";
+        let Parsed::Complete(Some(h)) = parse(head) else {
+            panic!("complete head")
+        };
+        assert_eq!((h.host, h.tag), ("a.b", Some("canary")));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: a"),
+            Parsed::Partial
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\n\r\n"),
+            Parsed::Complete(None)
+        ));
+        assert!(matches!(
+            parse(b"\x16\x03\x01garbage\r\n\r\n"),
+            Parsed::Invalid
+        ));
+    }
+}
