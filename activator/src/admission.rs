@@ -10,11 +10,13 @@
 //! not parse (pingora answers 400), a host with no route (404), a route with no revision (503),
 //! and HTTP/2 with prior knowledge (its streams are routed one by one in `request_filter`).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 
 use crate::buffered::Buffered;
 use crate::gateway::Gateway;
@@ -98,14 +100,17 @@ fn parse(buf: &[u8]) -> Parsed<'_> {
 }
 
 /// Read the next request head on `stream` and admit it. The bytes read are put back for pingora
-/// to read again.
+/// to read again. `idle` is the connection's keep-alive timer: one per connection, pushed back
+/// here for each request (pushing a timer later is an atomic store; arming a fresh one would
+/// wake the runtime's driver on every request).
 pub async fn admit(
     gateway: &Gateway,
     stream: &mut Buffered,
+    mut idle: Pin<&mut Sleep>,
     shutdown: &watch::Receiver<bool>,
     h2c: bool,
 ) -> Admission {
-    let deadline = tokio::time::Instant::now() + KEEPALIVE;
+    idle.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
     let mut buf = Vec::with_capacity(HEAD_BUF);
     let (target, revision) = loop {
         if buf.len() == buf.capacity() {
@@ -120,15 +125,20 @@ pub async fn admit(
             let mut stop = shutdown.clone();
             tokio::select! {
                 biased;
-                r = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => r,
+                r = stream.read_buf(&mut buf) => r,
+                _ = &mut idle => return Admission::Closed,
                 _ = stop.wait_for(|s| *s) => return Admission::Closed,
             }
         } else {
-            tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await
+            tokio::select! {
+                biased;
+                r = stream.read_buf(&mut buf) => r,
+                _ = &mut idle => return Admission::Closed,
+            }
         };
         match read {
-            Ok(Ok(n)) if n > 0 => {}
-            // Closed, reset or idle too long.
+            Ok(n) if n > 0 => {}
+            // Closed or reset.
             _ => return Admission::Closed,
         }
         if h2c {

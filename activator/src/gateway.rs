@@ -456,8 +456,10 @@ async fn connection(
 
     let mut stream = downstream(tcp, peer);
     let h2c = proxy.server_options.as_ref().is_some_and(|o| o.h2c);
+    let idle = tokio::time::sleep(KEEPALIVE);
+    tokio::pin!(idle);
     loop {
-        let admitted = match admit(gateway, &mut stream, shutdown, h2c).await {
+        let admitted = match admit(gateway, &mut stream, idle.as_mut(), shutdown, h2c).await {
             Admission::Closed => return,
             Admission::H2 => {
                 let _ = proxy.process_new(Box::new(stream), shutdown).await;

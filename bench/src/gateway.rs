@@ -22,6 +22,16 @@ use crate::procs::{self, Proc};
 
 const HOST: &str = "bench.default.localhost";
 
+/// One hop's figures.
+struct Row {
+    name: &'static str,
+    p50: f64,
+    p99: f64,
+    rps: f64,
+    cpu_per_request: Option<f64>,
+    errors: u64,
+}
+
 /// `ebb-bench gateway --port N`: the gateway with one route; endpoints from stdin.
 pub async fn gateway_process(port: u16) -> anyhow::Result<()> {
     let route: serving_api::Route = serde_json::from_value(serde_json::json!({
@@ -66,6 +76,88 @@ pub async fn gateway_process(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `ebb-bench pingora --port N --upstream ADDR`: pingora alone as the same hop — every request
+/// to one upstream, none of Ebb's routing, admission, throttling or metrics — accepted the way
+/// Ebb's gateway accepts (its own loop, the same write-coalescing stream). The difference
+/// between this and the activator is Ebb's; between this and nginx, pingora's.
+pub async fn pingora_process(port: u16, upstream: SocketAddr) -> anyhow::Result<()> {
+    use pingora_core::apps::ServerApp;
+
+    struct Forward(SocketAddr);
+
+    #[async_trait::async_trait]
+    impl pingora_proxy::ProxyHttp for Forward {
+        type CTX = ();
+        fn new_ctx(&self) {}
+        async fn upstream_peer(
+            &self,
+            _: &mut pingora_proxy::Session,
+            _: &mut (),
+        ) -> pingora_error::Result<Box<pingora_core::upstreams::peer::HttpPeer>> {
+            Ok(Box::new(pingora_core::upstreams::peer::HttpPeer::new(
+                self.0,
+                false,
+                String::new(),
+            )))
+        }
+    }
+
+    let conf = Arc::new(pingora_core::server::configuration::ServerConf::default());
+    let proxy = Arc::new(pingora_proxy::http_proxy(&conf, Forward(upstream)));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    println!("listening");
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        let proxy = proxy.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let l4: pingora_core::protocols::l4::stream::Stream = tcp.into();
+            let _ = proxy
+                .process_new(Box::new(activator::buffered::Buffered::new(l4)), &shutdown)
+                .await;
+        });
+    }
+}
+
+/// The load phases every hop goes through.
+struct Phases {
+    rate: u64,
+    secs: u64,
+    max_secs: u64,
+}
+
+impl Phases {
+    /// Warm up; latency at a fixed rate; then flat out. CPU per request is that of the hop's
+    /// process(es) during the flat-out phase: steadier than throughput on a shared machine,
+    /// where the hop competes with the load generator for the same cores.
+    async fn measure(
+        &self,
+        name: &'static str,
+        addr: SocketAddr,
+        hop: Option<&Proc>,
+    ) -> anyhow::Result<Row> {
+        load::max_throughput(addr, HOST, Duration::from_millis(500), 8).await?;
+        let lat =
+            load::fixed_rate(addr, HOST, self.rate, Duration::from_secs(self.secs), 32).await?;
+        let cpu_before = hop.map(Proc::tree_cpu_seconds);
+        let (ok, err) =
+            load::max_throughput(addr, HOST, Duration::from_secs(self.max_secs), 64).await?;
+        let cpu_per_request = hop
+            .zip(cpu_before)
+            .map(|(p, before)| (p.tree_cpu_seconds() - before) * 1e6 / ok.max(1) as f64);
+        Ok(Row {
+            name,
+            p50: lat.percentile(50.0),
+            p99: lat.percentile(99.0),
+            rps: ok as f64 / self.max_secs as f64,
+            cpu_per_request,
+            errors: lat.errors + err,
+        })
+    }
+}
+
 struct GatewayProc {
     proc: Proc,
     stdin: std::process::ChildStdin,
@@ -73,10 +165,12 @@ struct GatewayProc {
 }
 
 impl GatewayProc {
-    fn start() -> anyhow::Result<GatewayProc> {
+    /// `ebb-bench ARGS --port FREE`, once it prints "listening".
+    fn start(args: &[&str]) -> anyhow::Result<GatewayProc> {
         let port = procs::free_port()?;
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["gateway", "--port", &port.to_string()])
+            .args(args)
+            .args(["--port", &port.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -117,48 +211,63 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
     let _app = procs::start_app(app_port)?;
     let app_addr: SocketAddr = ([127, 0, 0, 1], app_port).into();
     procs::wait_listening(app_addr).await?;
-    let mut gw = GatewayProc::start()?;
+    let mut gw = GatewayProc::start(&["gateway"])?;
     gw.say(&format!("ready {app_addr}"))?;
+    let bare = GatewayProc::start(&["pingora", "--upstream", &app_addr.to_string()])?;
     let nginx_port = procs::free_port()?;
     let dir = std::env::temp_dir().join(format!("ebb-bench-nginx-gw-{}", std::process::id()));
-    let _nginx = procs::start_nginx(nginx_port, app_port, &dir)?;
+    let nginx_proc = procs::start_nginx(nginx_port, app_port, &dir)?;
     let nginx_addr: SocketAddr = ([127, 0, 0, 1], nginx_port).into();
     procs::wait_listening(nginx_addr).await?;
 
     println!(
         "activator benchmark: trivial app on loopback; {rate} rps for {secs}s over 32 connections; 64 connections flat out for {max_secs}s"
     );
-    let measure = |name: &'static str, addr: SocketAddr| async move {
-        load::max_throughput(addr, HOST, Duration::from_millis(500), 8).await?;
-        let lat = load::fixed_rate(addr, HOST, rate, Duration::from_secs(secs), 32).await?;
-        let (ok, err) = load::max_throughput(addr, HOST, Duration::from_secs(max_secs), 64).await?;
-        anyhow::Ok((
-            name,
-            lat.percentile(50.0),
-            lat.percentile(99.0),
-            ok as f64 / max_secs as f64,
-            lat.errors + err,
-        ))
+    // CPU per request is that of the hop's process(es) during the flat-out phase: steadier
+    // than throughput on a shared machine, where the hop competes with the load generator.
+    let phases = Phases {
+        rate,
+        secs,
+        max_secs,
     };
-    let direct = measure("direct", app_addr).await?;
-    let through = measure("activator", gw.addr).await?;
-    let nginx = measure("nginx", nginx_addr).await?;
+    let direct = phases.measure("direct", app_addr, None).await?;
+    let through = phases.measure("activator", gw.addr, Some(&gw.proc)).await?;
+    let pingora = phases
+        .measure("pingora alone", bare.addr, Some(&bare.proc))
+        .await?;
+    let nginx = phases
+        .measure("nginx", nginx_addr, Some(&nginx_proc))
+        .await?;
     println!();
-    println!("| path | p50 µs | p99 µs | added p50 µs | added p99 µs | max rps | errors |");
-    println!("|---|---|---|---|---|---|---|");
-    for (name, p50, p99, rps, errors) in [direct, through, nginx] {
+    println!(
+        "| path | p50 µs | p99 µs | added p50 µs | added p99 µs | max rps | hop CPU µs/request | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in [&direct, &through, &pingora, &nginx] {
         println!(
-            "| {name} | {p50:.0} | {p99:.0} | {:+.0} | {:+.0} | {rps:.0} | {errors} |",
-            p50 - direct.1,
-            p99 - direct.2
+            "| {} | {:.0} | {:.0} | {:+.0} | {:+.0} | {:.0} | {} | {} |",
+            r.name,
+            r.p50,
+            r.p99,
+            r.p50 - direct.p50,
+            r.p99 - direct.p99,
+            r.rps,
+            r.cpu_per_request
+                .map_or("–".to_string(), |c| format!("{c:.1}")),
+            r.errors
         );
     }
-    println!(
-        "ratios vs nginx: added p50 {:.2}x, added p99 {:.2}x, max throughput {:.2}x",
-        (through.1 - direct.1) / (nginx.1 - direct.1),
-        (through.2 - direct.2) / (nginx.2 - direct.2),
-        through.3 / nginx.3
-    );
+    let ratios = |other: &Row| {
+        format!(
+            "added p50 {:.2}x, added p99 {:.2}x, max throughput {:.2}x, CPU per request {:.2}x",
+            (through.p50 - direct.p50) / (other.p50 - direct.p50),
+            (through.p99 - direct.p99) / (other.p99 - direct.p99),
+            through.rps / other.rps,
+            through.cpu_per_request.unwrap_or(f64::NAN) / other.cpu_per_request.unwrap_or(f64::NAN)
+        )
+    };
+    println!("activator vs nginx: {}", ratios(&nginx));
+    println!("activator vs pingora alone: {}", ratios(&pingora));
 
     // Held requests: at zero, `held` connections each send one request and wait. The revision
     // takes 100 at a time per instance (containerConcurrency 100), so releasing them opens

@@ -9,6 +9,8 @@
 //! - `ebb-bench coldstart`: first request to a revision at zero through `ebb local up`,
 //!   minus the app's own start time.
 //! - `ebb-bench app --port N`: the trivial app (used by the above).
+//! - `ebb-bench pingora --port N --upstream ADDR`: pingora alone as a hop (the activator
+//!   benchmark's second baseline).
 
 /// The allocator the shipped binaries use (`ebb`, `ebb-activator`, the queue-proxy), so the
 /// gateway and queue-proxy measured here are the ones users run.
@@ -56,6 +58,14 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(gateway::gateway_process(port))
+        }
+        Some("pingora") => {
+            let port: u16 = arg(&args, "--port", "8080").parse()?;
+            let upstream: SocketAddr = arg(&args, "--upstream", "").parse()?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(gateway::pingora_process(port, upstream))
         }
         Some("activator") => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

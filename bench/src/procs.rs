@@ -35,14 +35,23 @@ impl Proc {
 
     /// User + system CPU seconds used so far.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command name (which may contain spaces) start after ") ".
-        let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15 of /proc/pid/stat, i.e. 11 and 12 here.
-        (ticks(11) + ticks(12)) / clock_ticks()
+        stat_cpu(self.pid()).map_or(0.0, |(_, cpu)| cpu)
+    }
+
+    /// User + system CPU seconds used so far by this process and its live children (nginx's
+    /// workers are children of its master).
+    pub fn tree_cpu_seconds(&self) -> f64 {
+        let me = self.pid();
+        let children: f64 = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(stat_cpu)
+            .filter(|(ppid, _)| *ppid == me)
+            .map(|(_, cpu)| cpu)
+            .sum();
+        self.cpu_seconds() + children
     }
 
     /// (peak, current) resident set in KiB.
@@ -51,7 +60,23 @@ impl Proc {
     }
 }
 
+/// (parent pid, user + system CPU seconds) of a process.
+fn stat_cpu(pid: u32) -> Option<(u32, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after ") ".
+    let rest = stat.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // ppid, utime and stime are fields 4, 14 and 15 of /proc/pid/stat, i.e. 1, 11 and 12 here.
+    Some((field(1) as u32, (field(11) + field(12)) / clock_ticks()))
+}
+
 fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(ticks_per_second)
+}
+
+fn ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
