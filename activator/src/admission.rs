@@ -64,12 +64,40 @@ pub struct Admitted {
     pub revision: Arc<RevisionState>,
     /// The instance to send it to, or the status and reason it is refused with.
     pub lease: Result<Lease, (u16, String)>,
+    /// A plain request: see [`is_plain`].
+    pub plain: bool,
 }
 
 /// Routing facts of one parsed head.
 struct Head<'a> {
     host: &'a str,
     tag: Option<&'a str>,
+    plain: bool,
+}
+
+/// A plain request: HTTP/1.1, a safe method (GET, HEAD, OPTIONS), no body, no upgrade, no
+/// `Expect`, and a `Connection` header naming nothing but keep-alive or close. Nothing about it
+/// needs pingora's full proxy: it takes the short path in [`crate::plain`].
+fn is_plain(req: &httparse::Request<'_, '_>) -> bool {
+    req.version == Some(1)
+        && matches!(req.method, Some("GET" | "HEAD" | "OPTIONS"))
+        && req.headers.iter().all(|h| {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                h.value.trim_ascii() == b"0"
+            } else if name.eq_ignore_ascii_case("connection") {
+                h.value.split(|b| *b == b',').all(|token| {
+                    let token = token.trim_ascii();
+                    token.eq_ignore_ascii_case(b"keep-alive")
+                        || token.eq_ignore_ascii_case(b"close")
+                })
+            } else {
+                !(name.eq_ignore_ascii_case("transfer-encoding")
+                    || name.eq_ignore_ascii_case("upgrade")
+                    || name.eq_ignore_ascii_case("expect")
+                    || name.eq_ignore_ascii_case("http2-settings"))
+            }
+        })
 }
 
 enum Parsed<'a> {
@@ -96,6 +124,7 @@ fn parse(buf: &[u8]) -> Parsed<'_> {
     Parsed::Complete(value("host").map(|host| Head {
         host,
         tag: value(wire::HEADER_TAG),
+        plain: is_plain(&req),
     }))
 }
 
@@ -112,7 +141,7 @@ pub async fn admit(
 ) -> Admission {
     idle.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
     let mut buf = Vec::with_capacity(HEAD_BUF);
-    let (target, revision) = loop {
+    let (target, revision, plain) = loop {
         if buf.len() == buf.capacity() {
             if buf.len() >= MAX_HEAD {
                 stream.rewind(&buf);
@@ -168,7 +197,7 @@ pub async fn admit(
                     return Admission::Pass;
                 };
                 let revision = gateway.revisions.get(&target.namespace, revision);
-                break (target, revision);
+                break (target, revision, head.plain);
             }
         }
     };
@@ -186,6 +215,7 @@ pub async fn admit(
         target,
         revision,
         lease,
+        plain,
     })
 }
 
@@ -212,5 +242,32 @@ mod tests {
             parse(b"\x16\x03\x01garbage\r\n\r\n"),
             Parsed::Invalid
         ));
+    }
+
+    #[test]
+    fn plain_requests_are_bodiless_safe_http11_without_upgrade() {
+        let plain = |head: &str| match parse(head.as_bytes()) {
+            Parsed::Complete(Some(h)) => h.plain,
+            _ => panic!("complete head: {head:?}"),
+        };
+        assert!(plain("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(plain(
+            "HEAD / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, close\r\n\r\n"
+        ));
+        assert!(plain(
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
+        ));
+        for head in [
+            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "DELETE / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-secret\r\n\r\n",
+        ] {
+            assert!(!plain(head), "{head:?}");
+        }
     }
 }

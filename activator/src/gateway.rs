@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::connectors::http::Connector;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
@@ -74,24 +75,108 @@ fn host_of(req: &RequestHeader) -> String {
         .unwrap_or_default()
 }
 
-async fn respond(session: &mut Session, status: u16, reason: &str, retry_after: bool) {
-    let mut resp = match ResponseHeader::build(status, Some(3)) {
-        Ok(r) => r,
-        Err(_) => return,
-    };
+/// The gateway's own answer: `reason` as a short plain-text body; 503s ask the client to retry
+/// after a second.
+pub(crate) fn error_response(
+    status: u16,
+    reason: &str,
+    retry_after: bool,
+) -> Option<(Box<ResponseHeader>, Bytes)> {
+    let mut resp = ResponseHeader::build(status, Some(3)).ok()?;
     let body = Bytes::from(format!("{reason}\n"));
     let _ = resp.insert_header("content-type", "text/plain; charset=utf-8");
     let _ = resp.insert_header("content-length", body.len().to_string());
     if retry_after {
         let _ = resp.insert_header("retry-after", "1");
     }
-    if session
-        .write_response_header(Box::new(resp), false)
-        .await
-        .is_ok()
-    {
+    Some((Box::new(resp), body))
+}
+
+async fn respond(session: &mut Session, status: u16, reason: &str, retry_after: bool) {
+    let Some((resp, body)) = error_response(status, reason, retry_after) else {
+        return;
+    };
+    if session.write_response_header(resp, false).await.is_ok() {
         let _ = session.write_response_body(Some(body), true).await;
     }
+}
+
+/// The instance a lease points at, as pingora's upstream peer.
+pub(crate) fn peer(addr: SocketAddr, h2c: bool) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    if h2c {
+        peer.options.set_http_version(2, 2);
+        // pingora opens one stream per connection by default; share connections.
+        peer.options.max_h2_streams = 100;
+    }
+    peer.options.connection_timeout = Some(std::time::Duration::from_secs(2));
+    peer
+}
+
+/// What every request to an instance carries: `K-Proxy-Request: activator`, and the client in
+/// `Forwarded`, `X-Forwarded-For` and `X-Forwarded-Proto` (appended to what earlier proxies
+/// wrote).
+pub(crate) fn proxy_headers(
+    upstream: &mut RequestHeader,
+    client: Option<SocketAddr>,
+) -> Result<()> {
+    upstream.insert_header(wire::HEADER_PROXY, wire::PROXY_BY_ACTIVATOR)?;
+    if let Some(ip) = client.map(|a| a.ip()) {
+        let fwd = match ip {
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        };
+        let joined = match upstream
+            .headers
+            .get("forwarded")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {fwd}"),
+            None => fwd,
+        };
+        upstream.insert_header("forwarded", joined)?;
+        let xff = match upstream
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        upstream.insert_header("x-forwarded-for", xff)?;
+        if !upstream.headers.contains_key("x-forwarded-proto") {
+            upstream.insert_header("x-forwarded-proto", "http")?;
+        }
+    }
+    Ok(())
+}
+
+/// Start a request's span, as of its arrival, and point the next hop's trace headers at it.
+pub(crate) fn start_span(
+    traces: &ebb_traces::Traces,
+    req: &mut RequestHeader,
+    target: &Target,
+    rev: &RevisionState,
+    started: Instant,
+) -> ebb_traces::Span {
+    let (method, path) = (req.method.to_string(), req.uri.path().to_string());
+    let started = std::time::SystemTime::now() - started.elapsed();
+    let (span, next) = traces.start_at(
+        &req.headers,
+        &method,
+        &path,
+        vec![
+            ebb_traces::KeyValue::new("k8s.namespace.name", rev.namespace.clone()),
+            ebb_traces::KeyValue::new("knative.route", target.route.clone()),
+            ebb_traces::KeyValue::new("knative.revision", rev.name.clone()),
+        ],
+        started,
+    );
+    // The queue-proxy's span becomes a child of ours.
+    for (k, v) in next.iter() {
+        let _ = req.insert_header(k.clone(), v.clone());
+    }
+    span
 }
 
 impl Gateway {
@@ -188,6 +273,7 @@ impl ProxyHttp for Gateway {
                 target,
                 revision,
                 lease,
+                ..
             } = *a;
             ctx.started = Some(started);
             ctx.target = Some(target);
@@ -209,29 +295,14 @@ impl ProxyHttp for Gateway {
             self.route(session, ctx).await?;
         }
         if let (Some(t), Some(rev), Some(target)) = (&self.traces, &ctx.revision, &ctx.target) {
-            let req = session.req_header();
-            let (method, path) = (req.method.to_string(), req.uri.path().to_string());
-            let started = std::time::SystemTime::now()
-                - ctx
-                    .started
-                    .map_or(std::time::Duration::ZERO, |s| s.elapsed());
-            let (span, next) = t.start_at(
-                &req.headers,
-                &method,
-                &path,
-                vec![
-                    ebb_traces::KeyValue::new("k8s.namespace.name", rev.namespace.clone()),
-                    ebb_traces::KeyValue::new("knative.route", target.route.clone()),
-                    ebb_traces::KeyValue::new("knative.revision", rev.name.clone()),
-                ],
+            let started = ctx.started.unwrap_or_else(Instant::now);
+            ctx.span = Some(start_span(
+                t,
+                session.req_header_mut(),
+                target,
+                rev,
                 started,
-            );
-            // The queue-proxy's span becomes a child of ours.
-            let req = session.req_header_mut();
-            for (k, v) in next.iter() {
-                let _ = req.insert_header(k.clone(), v.clone());
-            }
-            ctx.span = Some(span);
+            ));
         }
         Ok(ctx.revision.is_none())
     }
@@ -266,13 +337,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         };
-        let mut peer = HttpPeer::new(lease.addr, false, String::new());
-        if rev.h2c() {
-            peer.options.set_http_version(2, 2);
-            // pingora opens one stream per connection by default; share connections.
-            peer.options.max_h2_streams = 100;
-        }
-        peer.options.connection_timeout = Some(std::time::Duration::from_secs(2));
+        let peer = peer(lease.addr, rev.h2c());
         ctx.lease = Some(lease);
         Ok(Box::new(peer))
     }
@@ -283,36 +348,8 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        upstream.insert_header(wire::HEADER_PROXY, wire::PROXY_BY_ACTIVATOR)?;
         let client: Option<SocketAddr> = session.client_addr().and_then(|a| a.as_inet()).copied();
-        if let Some(ip) = client.map(|a| a.ip()) {
-            let fwd = match ip {
-                std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
-                std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
-            };
-            let joined = match upstream
-                .headers
-                .get("forwarded")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {fwd}"),
-                None => fwd,
-            };
-            upstream.insert_header("forwarded", joined)?;
-            let xff = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
-            };
-            upstream.insert_header("x-forwarded-for", xff)?;
-            if !upstream.headers.contains_key("x-forwarded-proto") {
-                upstream.insert_header("x-forwarded-proto", "http")?;
-            }
-        }
-        Ok(())
+        proxy_headers(upstream, client)
     }
 
     fn fail_to_connect(
@@ -404,6 +441,8 @@ pub async fn serve_with_grace(
     options.h2c = true;
     proxy.server_options = Some(options);
     let proxy: Arc<HttpProxy<Gateway>> = Arc::new(proxy);
+    // Plain requests' own pool of instance connections (pingora's proxy keeps its own).
+    let connector = Arc::new(Connector::new(None));
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut stop = shutdown.clone();
     loop {
@@ -419,8 +458,9 @@ pub async fn serve_with_grace(
                 let open = open.clone();
                 open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let gateway = gateway.clone();
+                let connector = connector.clone();
                 tokio::spawn(async move {
-                    connection(&proxy, &gateway, tcp, peer, &shutdown).await;
+                    connection(&proxy, &gateway, &connector, tcp, peer, &shutdown).await;
                     open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
@@ -448,6 +488,7 @@ pub async fn serve_with_grace(
 async fn connection(
     proxy: &Arc<HttpProxy<Gateway>>,
     gateway: &Gateway,
+    connector: &Connector,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     shutdown: &watch::Receiver<bool>,
@@ -455,6 +496,7 @@ async fn connection(
     use pingora_core::apps::ServerApp;
 
     let mut stream = downstream(tcp, peer);
+    let client = crate::plain::ClientHeaders::new(Some(peer));
     let h2c = proxy.server_options.as_ref().is_some_and(|o| o.h2c);
     let idle = tokio::time::sleep(KEEPALIVE);
     tokio::pin!(idle);
@@ -466,6 +508,31 @@ async fn connection(
                 return;
             }
             Admission::Pass => None,
+            Admission::Admitted(Admitted {
+                lease: Ok(lease),
+                plain: true,
+                started,
+                target,
+                revision,
+            }) if !revision.h2c() => {
+                let request = crate::plain::Plain {
+                    started,
+                    target,
+                    revision,
+                    lease,
+                };
+                // Boxed: the exchange's state (several KiB) exists only while it runs, never
+                // while the connection waits.
+                let exchange =
+                    crate::plain::proxy(gateway, connector, stream, request, &client, shutdown);
+                match Box::pin(exchange).await {
+                    Some(s) if !*shutdown.borrow() => {
+                        stream = s;
+                        continue;
+                    }
+                    _ => return,
+                }
+            }
             Admission::Admitted(a) => Some(a),
         };
         let Some(reused) = http1(proxy, stream, admitted, shutdown).await else {
@@ -543,7 +610,8 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let conn = connection(&proxy, &gateway, tcp, addr, &shutdown);
+        let connector = Connector::new(None);
+        let conn = connection(&proxy, &gateway, &connector, tcp, addr, &shutdown);
         let size = std::mem::size_of_val(&conn);
         assert!(
             size <= 1536,

@@ -10,6 +10,7 @@ pub mod admission;
 pub mod buffered;
 pub mod gateway;
 pub mod metrics;
+pub mod plain;
 pub mod probe;
 pub mod revisions;
 pub mod routes;

@@ -621,3 +621,193 @@ async fn raw_http1_heads_keep_alive_and_bad_input() {
     s.write_all(b"\x16\x03\x01 not http\r\n\r\n").await.unwrap();
     assert_eq!(read_response(&mut s).await.0, 400);
 }
+
+/// How a raw upstream treats its connections.
+#[derive(Clone, Copy)]
+enum Conns {
+    /// Closes each connection after its first reply, whatever the reply claims.
+    CloseAfterReply,
+    /// Replies to the first request on each connection and keeps it open; a second request
+    /// on it is read and the connection closed without a reply (a keep-alive connection the
+    /// instance dropped just as it was reused).
+    DropSecondRequest,
+}
+
+/// A raw upstream: reads request heads, records them, and writes `reply` as `conns` says.
+async fn raw_app(
+    reply: &'static [u8],
+    conns: Conns,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut b = [0u8; 1];
+                        match s.read(&mut b).await {
+                            Ok(1) => head.push(b[0]),
+                            _ => return,
+                        }
+                    }
+                    let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                    if matches!(conns, Conns::DropSecondRequest) && n == 1 {
+                        return;
+                    }
+                    if s.write_all(reply).await.is_err() || matches!(conns, Conns::CloseAfterReply)
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Plain requests (HTTP/1.1, safe method, no body) take the gateway's short path: hop-by-hop
+/// headers do not reach the instance, proxy headers do, and a response framed only by the
+/// connection's close is re-framed so that the client's connection lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_requests_strip_hop_by_hop_and_reframe_close_delimited_responses() {
+    use tokio::io::AsyncWriteExt;
+    let gw = gateway(Limits::default()).await;
+    let (addr, mut heads) = raw_app(
+        b"HTTP/1.0 200 OK\r\n\r\nuntil close",
+        Conns::CloseAfterReply,
+    )
+    .await;
+    gw.revisions.set_endpoints("default", "shop-00002", &[addr]);
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(
+            b"GET /x HTTP/1.1\r\nHost: current-shop.default.example.com\r\nConnection: keep-alive\r\n\
+              Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (status, body) = read_chunked_or_sized(&mut s).await;
+        assert_eq!((status, body.as_str()), (200, "until close"));
+        let head = heads.recv().await.unwrap().to_ascii_lowercase();
+        for hop in ["keep-alive", "te:", "proxy-authorization", "connection:"] {
+            assert!(!head.contains(hop), "{hop} forwarded: {head}");
+        }
+        assert!(head.starts_with("get /x http/1.1\r\n"), "{head}");
+        assert!(head.contains("k-proxy-request: activator"), "{head}");
+        assert!(head.contains("x-forwarded-for: 127.0.0.1"), "{head}");
+    }
+}
+
+/// Read one response whose body is chunked or sized: (status, body).
+async fn read_chunked_or_sized(s: &mut tokio::net::TcpStream) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
+            let status = resp.code.unwrap();
+            let find = |n: &str| {
+                resp.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(n))
+                    .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
+            };
+            let rest = &buf[head..];
+            if find("transfer-encoding").as_deref() == Some("chunked") {
+                if rest.ends_with(b"0\r\n\r\n") {
+                    let mut body = Vec::new();
+                    let mut r = rest;
+                    loop {
+                        let line = r.iter().position(|b| *b == b'\r').unwrap();
+                        let n = usize::from_str_radix(std::str::from_utf8(&r[..line]).unwrap(), 16)
+                            .unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        body.extend_from_slice(&r[line + 2..line + 2 + n]);
+                        r = &r[line + 2 + n + 2..];
+                    }
+                    return (status, String::from_utf8(body).unwrap());
+                }
+            } else {
+                let len: usize = find("content-length").unwrap().parse().unwrap();
+                if rest.len() >= len {
+                    return (status, String::from_utf8_lossy(&rest[..len]).into_owned());
+                }
+            }
+        }
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A pooled keep-alive connection the instance drops just as it is reused: the plain request
+/// (a safe method) is sent again on a fresh connection instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_requests_survive_pooled_connections_the_instance_drops() {
+    let gw = gateway(Limits::default()).await;
+    let (addr, mut heads) = raw_app(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        Conns::DropSecondRequest,
+    )
+    .await;
+    gw.revisions.set_endpoints("default", "shop-00002", &[addr]);
+    let c = client();
+    for i in 0..10 {
+        let (status, body, _) = get(&c, &gw, "current-shop.default.example.com", "/", &[]).await;
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
+    }
+    // Every request after the first met a dropped connection first.
+    let mut seen = 0;
+    while heads.try_recv().is_ok() {
+        seen += 1;
+    }
+    assert_eq!(seen, 19, "each retried request reached the instance twice");
+}
+
+/// A client that gives up while its plain request is at the instance frees the instance's
+/// slot at once, not when the instance finally answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_plain_request_frees_its_slot() {
+    use tokio::io::AsyncWriteExt;
+    let gw = gateway(Limits::default()).await;
+    let slow = app("slow", Duration::from_secs(5)).await;
+    gw.revisions.set_endpoints("default", "shop-00002", &[slow]);
+    let rev = gw.revisions.get("default", "shop-00002");
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: current-shop.default.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while rev.throttler.in_flight() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the instance"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while rev.throttler.in_flight() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned request still holds its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
