@@ -23,6 +23,7 @@ use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::ServerSession as Downstream;
 use pingora_core::protocols::http::client::HttpSession as Upstream;
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamH1;
+use pingora_core::upstreams::peer::{HttpPeer, Peer, PeerOptions};
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::sync::watch;
@@ -36,6 +37,60 @@ use crate::throttler::Lease;
 
 /// Attempts after the first, as pingora's proxy allows (its `max_retries` default).
 const MAX_RETRIES: usize = 16;
+
+/// An instance as the plain path's connection pool sees it. Every connection in that pool is
+/// plain HTTP/1 to an instance, so reuse is keyed by address alone (pingora's peer hashes all
+/// its options per request), and a pooled connection is not re-checked with `getpeername`
+/// (pingora's guard against a pooled descriptor closed and reused elsewhere: the pool owns its
+/// streams, and nothing here closes a descriptor it does not own). One syscall and one hash
+/// fewer per request.
+#[derive(Clone, Debug)]
+struct Instance {
+    peer: HttpPeer,
+    hash: u64,
+}
+
+impl Instance {
+    fn new(addr: std::net::SocketAddr) -> Instance {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        addr.hash(&mut h);
+        Instance {
+            peer: peer(addr, false),
+            hash: h.finish(),
+        }
+    }
+}
+
+impl std::fmt::Display for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.peer.fmt(f)
+    }
+}
+
+impl Peer for Instance {
+    fn address(&self) -> &pingora_core::protocols::l4::socket::SocketAddr {
+        self.peer.address()
+    }
+    fn tls(&self) -> bool {
+        false
+    }
+    fn sni(&self) -> &str {
+        ""
+    }
+    fn reuse_hash(&self) -> u64 {
+        self.hash
+    }
+    fn get_peer_options(&self) -> Option<&PeerOptions> {
+        self.peer.get_peer_options()
+    }
+    fn get_mut_peer_options(&mut self) -> Option<&mut PeerOptions> {
+        self.peer.get_mut_peer_options()
+    }
+    fn matches_fd<V: std::os::fd::AsRawFd>(&self, _fd: V) -> bool {
+        true
+    }
+}
 
 /// An admitted plain request that has an instance.
 #[derive(Debug)]
@@ -231,7 +286,7 @@ impl Exchange<'_> {
     async fn run(&self, down: &mut Downstream, mut lease: Lease) -> (u16, bool) {
         let mut retries = 0;
         loop {
-            let peer = peer(lease.addr, false);
+            let peer = Instance::new(lease.addr);
             let (mut up, reused) = match self.connector.get_http_session(&peer).await {
                 Ok((Upstream::H1(up), reused)) => (up, reused),
                 Ok(_) => {
@@ -310,7 +365,7 @@ impl Exchange<'_> {
         &self,
         down: &mut Downstream,
         mut up: UpstreamH1,
-        peer: &pingora_core::upstreams::peer::HttpPeer,
+        peer: &Instance,
     ) -> (u16, bool) {
         let mut resp = match up.resp_header() {
             Some(r) => Box::new(r.clone()),
