@@ -1,10 +1,13 @@
 //! The activator: Ebb's gateway and the first hop of every request.
 //!
-//! Request path: the `routes` table maps a Host (and `Knative-Serving-Tag`) to a revision,
-//! choosing among a split by weight; the revision's `throttler` picks an instance by load
-//! (power of two choices, or first available for small containerConcurrency) and holds the
-//! request in a bounded FIFO queue while none has room, e.g. while the revision wakes from
-//! zero. The proxy that drives both (pingora) is wired on top; these modules do no I/O.
+//! Request path: `admission` reads each HTTP/1 request head, and the `routes` table maps its
+//! Host (and `Knative-Serving-Tag`) to a revision, choosing among a split by weight; the
+//! revision's `throttler` picks an instance by load (power of two choices, or first available
+//! for small containerConcurrency) and holds the request in a bounded FIFO queue while none has
+//! room, e.g. while the revision wakes from zero — all before pingora builds any per-request
+//! state. Then `plain` requests (HTTP/1.1, safe method, no body) are proxied with pingora's
+//! HTTP/1 sessions and pool directly, and everything else by pingora's proxy (`gateway`).
+//! `routes`, `throttler` and `revisions` do no I/O.
 
 pub mod admission;
 pub mod buffered;
