@@ -75,12 +75,14 @@ struct Head<'a> {
     plain: bool,
 }
 
-/// A plain request: HTTP/1.1, a safe method (GET, HEAD, OPTIONS), no body, no upgrade, no
-/// `Expect`, and a `Connection` header naming nothing but keep-alive or close. Nothing about it
-/// needs pingora's full proxy: it takes the short path in [`crate::plain`].
+/// A plain request: HTTP/1.1, a safe method (GET, HEAD, OPTIONS), an origin-form target (a
+/// path, or `*`), no body, no upgrade, no `Expect`, and a `Connection` header naming nothing
+/// but keep-alive or close. Nothing about it needs pingora's full proxy: it takes the short
+/// path in [`crate::plain`].
 fn is_plain(req: &httparse::Request<'_, '_>) -> bool {
     req.version == Some(1)
         && matches!(req.method, Some("GET" | "HEAD" | "OPTIONS"))
+        && req.path.is_some_and(|p| p.starts_with('/') || p == "*")
         && req.headers.iter().all(|h| {
             let name = h.name;
             if name.eq_ignore_ascii_case("content-length") {
@@ -261,6 +263,7 @@ mod tests {
             "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\n\r\n",
             "DELETE / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
