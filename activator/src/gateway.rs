@@ -481,7 +481,8 @@ pub async fn serve_with_grace(
 }
 
 /// One downstream connection: each HTTP/1 request is admitted (read, routed, given an
-/// instance) and then proxied by pingora; HTTP/2 goes to pingora whole.
+/// instance), then proxied on the short path when it is plain and has an HTTP/1 instance, by
+/// pingora's proxy otherwise; HTTP/2 goes to pingora whole.
 ///
 /// This future is what an idle or held connection costs, so pingora's large values (its
 /// stream setup, its session) are built in plain functions and never live in it.
