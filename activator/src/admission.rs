@@ -66,6 +66,9 @@ pub struct Admitted {
     pub lease: Result<Lease, (u16, String)>,
     /// A plain request: see [`is_plain`].
     pub plain: bool,
+    /// A websocket upgrade (see [`crate::upgrade::is_websocket`]): the bytes read, which —
+    /// unlike other requests' — were not put back in the stream, and the head's length.
+    pub websocket: Option<(Vec<u8>, usize)>,
 }
 
 /// Routing facts of one parsed head.
@@ -73,6 +76,8 @@ struct Head<'a> {
     host: &'a str,
     tag: Option<&'a str>,
     plain: bool,
+    /// The head's length, when it asks for a websocket.
+    websocket: Option<usize>,
 }
 
 /// A plain request: HTTP/1.1, a safe method (GET, HEAD, OPTIONS), an origin-form target (a
@@ -111,11 +116,11 @@ enum Parsed<'a> {
 fn parse(buf: &[u8]) -> Parsed<'_> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Invalid,
-    }
+    };
     let value = |name: &str| {
         req.headers
             .iter()
@@ -127,6 +132,7 @@ fn parse(buf: &[u8]) -> Parsed<'_> {
         host,
         tag: value(wire::HEADER_TAG),
         plain: is_plain(&req),
+        websocket: crate::upgrade::is_websocket(&req).then_some(len),
     }))
 }
 
@@ -143,7 +149,7 @@ pub async fn admit(
 ) -> Admission {
     idle.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
     let mut buf = Vec::with_capacity(HEAD_BUF);
-    let (target, revision, plain) = loop {
+    let (target, revision, plain, websocket) = loop {
         if buf.len() == buf.capacity() {
             if buf.len() >= MAX_HEAD {
                 stream.rewind(&buf);
@@ -199,15 +205,25 @@ pub async fn admit(
                     return Admission::Pass;
                 };
                 let revision = gateway.revisions.get(&target.namespace, revision);
-                break (target, revision, head.plain);
+                break (target, revision, head.plain, head.websocket);
             }
         }
     };
     let started = Instant::now();
     let bytes = buf.len();
-    // Pingora reads the head from here; what waits is a copy of exactly its size.
-    stream.rewind(&buf);
-    drop(buf);
+    let websocket = match websocket {
+        // Tunnelled by the gateway itself: it keeps what it read.
+        Some(head) => {
+            buf.shrink_to_fit();
+            Some((buf, head))
+        }
+        None => {
+            // Pingora reads the head from here; what waits is a copy of exactly its size.
+            stream.rewind(&buf);
+            drop(buf);
+            None
+        }
+    };
     revision
         .arrivals
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -218,6 +234,7 @@ pub async fn admit(
         revision,
         lease,
         plain,
+        websocket,
     })
 }
 

@@ -511,7 +511,27 @@ async fn connection(
             Admission::Pass => None,
             Admission::Admitted(Admitted {
                 lease: Ok(lease),
+                websocket: Some((bytes, head)),
+                started,
+                target,
+                revision,
+                ..
+            }) if !revision.h2c() => {
+                let upgrade = crate::upgrade::Upgrade {
+                    started,
+                    target,
+                    revision,
+                    lease,
+                    bytes,
+                    head,
+                };
+                Box::pin(crate::upgrade::tunnel(gateway, stream, upgrade, Some(peer))).await;
+                return;
+            }
+            Admission::Admitted(Admitted {
+                lease: Ok(lease),
                 plain: true,
+                websocket: None,
                 started,
                 target,
                 revision,
@@ -534,7 +554,14 @@ async fn connection(
                     _ => return,
                 }
             }
-            Admission::Admitted(a) => Some(a),
+            Admission::Admitted(mut a) => {
+                // A websocket that pingora proxies after all (refused, or an HTTP/2
+                // instance) reads its head from the stream like any other request.
+                if let Some((bytes, _)) = a.websocket.take() {
+                    stream.rewind(&bytes);
+                }
+                Some(a)
+            }
         };
         let Some(reused) = http1(proxy, stream, admitted, shutdown).await else {
             return;

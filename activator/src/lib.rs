@@ -6,7 +6,8 @@
 //! for small containerConcurrency) and holds the request in a bounded FIFO queue while none has
 //! room, e.g. while the revision wakes from zero — all before pingora builds any per-request
 //! state. Then `plain` requests (HTTP/1.1, safe method, no body) are proxied with pingora's
-//! HTTP/1 sessions and pool directly, and everything else by pingora's proxy (`gateway`).
+//! HTTP/1 sessions and pool directly, websocket upgrades are tunnelled by `upgrade`, and
+//! everything else goes through pingora's proxy (`gateway`).
 //! `routes`, `throttler` and `revisions` do no I/O.
 
 pub mod admission;
@@ -18,3 +19,4 @@ pub mod probe;
 pub mod revisions;
 pub mod routes;
 pub mod throttler;
+pub mod upgrade;

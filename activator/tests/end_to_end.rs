@@ -152,11 +152,8 @@ async fn websocket_through_activator_and_queue_proxy() {
         .await
         .expect("websocket handshake end to end");
     assert_eq!(resp.status(), 101);
-    // Known issue, upstream in pingora 0.9 (cloudflare/pingora#946): when the app's 101 is
-    // read before the upgrade request's empty body task, pingora's upstream half takes the end
-    // of that empty body for the end of the tunnel and tears it down. Until a pingora release
-    // fixes it, the client here waits a moment before its first frame.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first frame leaves the instant the 101 arrives: pingora 0.9 could lose it
+    // (cloudflare/pingora#946); the gateway now tunnels upgrades itself.
     for i in 0..3 {
         ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
             "m{i}"

@@ -111,8 +111,6 @@ fn websocket_through_gateway_and_queue_proxy() {
             .await
             .expect("handshake");
         assert_eq!(resp.status(), 101);
-        // The gateway's known early-frame race (see activator/tests/end_to_end.rs).
-        tokio::time::sleep(Duration::from_millis(100)).await;
         for i in 0..5 {
             let msg = format!("hello {i}");
             ws.send(tokio_tungstenite::tungstenite::Message::text(msg.clone()))
