@@ -80,31 +80,57 @@ struct Head<'a> {
     websocket: Option<usize>,
 }
 
-/// A plain request: HTTP/1.1, a safe method (GET, HEAD, OPTIONS), an origin-form target (a
-/// path, or `*`), no body, no upgrade, no `Expect`, and a `Connection` header naming nothing
-/// but keep-alive or close. Nothing about it needs pingora's full proxy: it takes the short
-/// path in [`crate::plain`].
+/// Request bodies up to this size can take the plain path: read whole, then sent (they fit
+/// in the sockets' buffers, so an instance that answers before reading its body cannot stall
+/// the send), and kept for a resend when a pooled connection turns out to be closed — as
+/// pingora's proxy keeps up to 64 KiB of a body for its retries.
+pub const MAX_PLAIN_BODY: u64 = 64 * 1024;
+
+/// A plain request: HTTP/1.1; GET, HEAD, OPTIONS, POST, PUT, PATCH or DELETE; an origin-form
+/// target (a path, or `*`); no body or one sized by a single `Content-Length` of at most
+/// [`MAX_PLAIN_BODY`]; no upgrade, no `Expect`; a `Connection` header naming nothing but
+/// keep-alive or close. Nothing about it needs pingora's full proxy: it takes the short path
+/// in [`crate::plain`].
 fn is_plain(req: &httparse::Request<'_, '_>) -> bool {
-    req.version == Some(1)
-        && matches!(req.method, Some("GET" | "HEAD" | "OPTIONS"))
-        && req.path.is_some_and(|p| p.starts_with('/') || p == "*")
-        && req.headers.iter().all(|h| {
-            let name = h.name;
-            if name.eq_ignore_ascii_case("content-length") {
-                h.value.trim_ascii() == b"0"
-            } else if name.eq_ignore_ascii_case("connection") {
-                h.value.split(|b| *b == b',').all(|token| {
-                    let token = token.trim_ascii();
-                    token.eq_ignore_ascii_case(b"keep-alive")
-                        || token.eq_ignore_ascii_case(b"close")
-                })
-            } else {
-                !(name.eq_ignore_ascii_case("transfer-encoding")
-                    || name.eq_ignore_ascii_case("upgrade")
-                    || name.eq_ignore_ascii_case("expect")
-                    || name.eq_ignore_ascii_case("http2-settings"))
+    if req.version != Some(1)
+        || !matches!(
+            req.method,
+            Some("GET" | "HEAD" | "OPTIONS" | "POST" | "PUT" | "PATCH" | "DELETE")
+        )
+        || !req.path.is_some_and(|p| p.starts_with('/') || p == "*")
+    {
+        return false;
+    }
+    let mut lengths = 0;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            let small = std::str::from_utf8(h.value.trim_ascii())
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|n| n <= MAX_PLAIN_BODY);
+            if !small {
+                return false;
             }
-        })
+        } else if name.eq_ignore_ascii_case("connection") {
+            let only_persistence = h.value.split(|b| *b == b',').all(|token| {
+                let token = token.trim_ascii();
+                token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close")
+            });
+            if !only_persistence {
+                return false;
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("http2-settings")
+        {
+            return false;
+        }
+    }
+    lengths <= 1
 }
 
 enum Parsed<'a> {
@@ -264,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn plain_requests_are_bodiless_safe_http11_without_upgrade() {
+    fn plain_requests_are_http11_with_small_sized_bodies_and_no_upgrade() {
         let plain = |head: &str| match parse(head.as_bytes()) {
             Parsed::Complete(Some(h)) => h.plain,
             _ => panic!("complete head: {head:?}"),
@@ -276,12 +302,18 @@ mod tests {
         assert!(plain(
             "OPTIONS * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
         ));
+        assert!(plain(
+            "POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 65536\r\n\r\n"
+        ));
+        assert!(plain("DELETE /x HTTP/1.1\r\nHost: a\r\n\r\n"));
         for head in [
             "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a\r\n\r\n",
-            "DELETE / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "TRACE / HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 65537\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",

@@ -1,22 +1,25 @@
 //! The short path for plain requests.
 //!
-//! Most requests a gateway sees are plain: HTTP/1.1, a safe method, no body, no upgrade (see
-//! `admission::is_plain`). For them the whole exchange is: send the head, relay the response.
+//! Most requests a gateway sees are plain: HTTP/1.1, no body or a small sized one (a CloudEvent,
+//! a JSON call), no upgrade (see `admission::is_plain`). For them the whole exchange is: send
+//! the head and body, relay the response.
 //! Pingora's full proxy (its phase machine, a task pair joined by channels, a dozen boxed
 //! futures per request) costs about a quarter more CPU per request than that exchange needs,
 //! and as much again in latency at low load. So admitted plain requests are proxied here with
-//! pingora's own HTTP/1 sessions and connection pool; everything else (bodies, websockets,
-//! HTTP/2, refusals) still goes through pingora's proxy.
+//! pingora's own HTTP/1 sessions and connection pool; everything else (chunked or large
+//! bodies, `Expect`, HTTP/2, refusals) still goes through pingora's proxy, and websockets
+//! through `upgrade`.
 //!
 //! What a request sees is the same on both paths: internal headers stripped, hop-by-hop
 //! headers removed as pingora's default policy does, `K-Proxy-Request`/`Forwarded`/
-//! `X-Forwarded-*` added, a failed connect retried on another instance, a stale pooled
-//! connection retried on a fresh one (safe methods only reach here), 502 when the instance
+//! `X-Forwarded-*` added, a failed connect retried on another instance, a pooled connection
+//! the instance had closed retried on a fresh one (with the body kept for it), 502 when the instance
 //! fails, the client's disconnect abandoning the exchange, the same metrics and span.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::HeaderValue;
 use http::header;
 use pingora_core::connectors::http::Connector;
@@ -130,6 +133,19 @@ pub async fn proxy(
         revision,
         lease,
     } = request;
+    // A small body (admission checked its size) is read whole: sent after the head, and again
+    // if a pooled connection turns out to be closed.
+    let mut body = Vec::new();
+    if !down.is_body_empty() {
+        loop {
+            match down.read_request_body().await {
+                Ok(Some(chunk)) => body.push(chunk),
+                Ok(None) => break,
+                // The client went away or sent a malformed body: nothing reached the instance.
+                Err(_) => return None,
+            }
+        }
+    }
     let req = down.req_header_mut();
     // Never obeyed from clients: only the routing table chooses revisions.
     req.remove_header(wire::HEADER_REVISION);
@@ -151,7 +167,7 @@ pub async fn proxy(
             .sum(),
         client,
     };
-    let (status, reusable) = exchange.run(&mut down, lease).await;
+    let (status, reusable) = exchange.run(&mut down, &body, lease).await;
     gateway.metrics.request(
         &revision.namespace,
         &target.route,
@@ -283,7 +299,7 @@ impl Exchange<'_> {
 
     /// Send the request and relay the response: (status for metrics, whether the client's
     /// connection may carry another request).
-    async fn run(&self, down: &mut Downstream, mut lease: Lease) -> (u16, bool) {
+    async fn run(&self, down: &mut Downstream, body: &[Bytes], mut lease: Lease) -> (u16, bool) {
         let mut retries = 0;
         loop {
             let peer = Instance::new(lease.addr);
@@ -328,11 +344,12 @@ impl Exchange<'_> {
                     return (500, false);
                 }
             };
-            match Self::head(&mut up, down, req).await {
+            match Self::head(&mut up, down, req, body).await {
                 Ok(()) => return self.relay(down, up, &peer).await,
                 Err(Failure::Client) => return (0, false),
-                // A pooled connection the instance had closed: try a fresh one (only safe
-                // methods come here, so sending again is harmless).
+                // A pooled connection the instance had closed before answering: send again on
+                // a fresh one, as pingora's proxy does (the instance saw a closed connection,
+                // not a request).
                 Err(Failure::Upstream(_)) if reused && retries < MAX_RETRIES => retries += 1,
                 Err(Failure::Upstream(e)) => {
                     respond(down, 502, &format!("instance failed: {e}"), false).await;
@@ -347,14 +364,18 @@ impl Exchange<'_> {
         up: &mut UpstreamH1,
         down: &mut Downstream,
         req: Box<RequestHeader>,
+        body: &[Bytes],
     ) -> Result<(), Failure> {
         up.write_request_header(req)
             .await
             .map_err(Failure::Upstream)?;
+        for chunk in body {
+            up.write_body(chunk).await.map_err(Failure::Upstream)?;
+        }
         up.finish_body().await.map_err(Failure::Upstream)?;
         tokio::select! {
             r = up.read_response() => r.map(|_| ()).map_err(Failure::Upstream),
-            // A plain request has no body: anything from the client now is its end.
+            // The request is complete: anything from the client now is its end.
             _ = down.read_body_or_idle(true) => Err(Failure::Client),
         }
     }

@@ -92,14 +92,17 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The trivial app: 200 "hello" on every path, HTTP/1.1 keep-alive, one thread.
+/// The trivial app: reads the request body, answers 200 "hello" on every path, HTTP/1.1
+/// keep-alive, one thread.
 async fn app(port: u16) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let svc = service_fn(|_req| async {
+            let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async {
+                // Read the body, as real apps do (an unread body costs hyper the connection).
+                let _ = http_body_util::BodyExt::collect(req.into_body()).await;
                 Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
                     b"hello",
                 ))))
