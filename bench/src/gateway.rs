@@ -29,7 +29,18 @@ struct Row {
     p99: f64,
     rps: f64,
     cpu_per_request: Option<f64>,
+    /// Flat out with 1 KiB POSTs (a structured CloudEvent's size).
+    post_rps: f64,
+    post_cpu_per_request: Option<f64>,
     errors: u64,
+}
+
+/// The POST body of the benchmark: a structured CloudEvent of about 1 KiB.
+fn cloudevent() -> bytes::Bytes {
+    let data = "x".repeat(900);
+    bytes::Bytes::from(format!(
+        "{{\"specversion\":\"1.0\",\"type\":\"dev.ebb.bench\",\"source\":\"/bench\",\"id\":\"1\",\"data\":\"{data}\"}}"
+    ))
 }
 
 /// `ebb-bench gateway --port N`: the gateway with one route; endpoints from stdin.
@@ -147,13 +158,27 @@ impl Phases {
         let cpu_per_request = hop
             .zip(cpu_before)
             .map(|(p, before)| (p.tree_cpu_seconds() - before) * 1e6 / ok.max(1) as f64);
+        let cpu_before = hop.map(Proc::tree_cpu_seconds);
+        let (post_ok, post_err) = load::max_throughput_post(
+            addr,
+            HOST,
+            Duration::from_secs(self.max_secs),
+            64,
+            cloudevent(),
+        )
+        .await?;
+        let post_cpu_per_request = hop
+            .zip(cpu_before)
+            .map(|(p, before)| (p.tree_cpu_seconds() - before) * 1e6 / post_ok.max(1) as f64);
         Ok(Row {
             name,
             p50: lat.percentile(50.0),
             p99: lat.percentile(99.0),
             rps: ok as f64 / self.max_secs as f64,
             cpu_per_request,
-            errors: lat.errors + err,
+            post_rps: post_ok as f64 / self.max_secs as f64,
+            post_cpu_per_request,
+            errors: lat.errors + err + post_err,
         })
     }
 }
@@ -221,7 +246,7 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
     procs::wait_listening(nginx_addr).await?;
 
     println!(
-        "activator benchmark: trivial app on loopback; {rate} rps for {secs}s over 32 connections; 64 connections flat out for {max_secs}s"
+        "activator benchmark: trivial app on loopback; {rate} rps for {secs}s over 32 connections; 64 connections flat out for {max_secs}s with GETs, then with 1 KiB POSTs"
     );
     // CPU per request is that of the hop's process(es) during the flat-out phase: steadier
     // than throughput on a shared machine, where the hop competes with the load generator.
@@ -240,30 +265,35 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         .await?;
     println!();
     println!(
-        "| path | p50 µs | p99 µs | added p50 µs | added p99 µs | max rps | hop CPU µs/request | errors |"
+        "| path | p50 µs | p99 µs | added p50 µs | added p99 µs | max rps | hop CPU µs/request | POST 1 KiB max rps | POST hop CPU µs/request | errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let cpu = |c: Option<f64>| c.map_or("–".to_string(), |c| format!("{c:.1}"));
     for r in [&direct, &through, &pingora, &nginx] {
         println!(
-            "| {} | {:.0} | {:.0} | {:+.0} | {:+.0} | {:.0} | {} | {} |",
+            "| {} | {:.0} | {:.0} | {:+.0} | {:+.0} | {:.0} | {} | {:.0} | {} | {} |",
             r.name,
             r.p50,
             r.p99,
             r.p50 - direct.p50,
             r.p99 - direct.p99,
             r.rps,
-            r.cpu_per_request
-                .map_or("–".to_string(), |c| format!("{c:.1}")),
+            cpu(r.cpu_per_request),
+            r.post_rps,
+            cpu(r.post_cpu_per_request),
             r.errors
         );
     }
+    let ratio = |a: Option<f64>, b: Option<f64>| a.unwrap_or(f64::NAN) / b.unwrap_or(f64::NAN);
     let ratios = |other: &Row| {
         format!(
-            "added p50 {:.2}x, added p99 {:.2}x, max throughput {:.2}x, CPU per request {:.2}x",
+            "added p50 {:.2}x, added p99 {:.2}x, max throughput {:.2}x, CPU per request {:.2}x; POST: max throughput {:.2}x, CPU per request {:.2}x",
             (through.p50 - direct.p50) / (other.p50 - direct.p50),
             (through.p99 - direct.p99) / (other.p99 - direct.p99),
             through.rps / other.rps,
-            through.cpu_per_request.unwrap_or(f64::NAN) / other.cpu_per_request.unwrap_or(f64::NAN)
+            ratio(through.cpu_per_request, other.cpu_per_request),
+            through.post_rps / other.post_rps,
+            ratio(through.post_cpu_per_request, other.post_cpu_per_request),
         )
     };
     println!("activator vs nginx: {}", ratios(&nginx));

@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 pub struct Conn {
-    sender: http1::SendRequest<Empty<Bytes>>,
+    sender: http1::SendRequest<Full<Bytes>>,
     host: String,
     addr: SocketAddr,
 }
@@ -43,10 +43,30 @@ impl Conn {
 
     /// One GET: status and body.
     pub async fn get_status(&mut self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+        self.send(http::Method::GET, path, Bytes::new()).await
+    }
+
+    /// One POST of `body` (a structured CloudEvent, say); Ok(true) when the answer was 200 and
+    /// fully read.
+    pub async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<bool> {
+        Ok(self.send(http::Method::POST, path, body).await?.0 == 200)
+    }
+
+    async fn send(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<(u16, Bytes)> {
         self.sender.ready().await?;
-        let req = http::Request::get(path)
-            .header("host", &self.host)
-            .body(Empty::new())?;
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host);
+        if !body.is_empty() {
+            req = req.header("content-type", "application/cloudevents+json");
+        }
+        let req = req.body(Full::new(body))?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
@@ -123,21 +143,47 @@ pub async fn fixed_rate(
     Ok(all)
 }
 
-/// As many requests as `conns` connections can do back to back in `duration`.
+/// As many GETs as `conns` connections can do back to back in `duration`.
 pub async fn max_throughput(
     addr: SocketAddr,
     host: &str,
     duration: Duration,
     conns: u64,
 ) -> anyhow::Result<(u64, u64)> {
+    flat_out(addr, host, duration, conns, None).await
+}
+
+/// [`max_throughput`] with POSTs of `body`.
+pub async fn max_throughput_post(
+    addr: SocketAddr,
+    host: &str,
+    duration: Duration,
+    conns: u64,
+    body: Bytes,
+) -> anyhow::Result<(u64, u64)> {
+    flat_out(addr, host, duration, conns, Some(body)).await
+}
+
+async fn flat_out(
+    addr: SocketAddr,
+    host: &str,
+    duration: Duration,
+    conns: u64,
+    body: Option<Bytes>,
+) -> anyhow::Result<(u64, u64)> {
     let until = Instant::now() + duration;
     let mut tasks = Vec::new();
     for _ in 0..conns {
         let mut conn = Conn::open(addr, host).await?;
+        let body = body.clone();
         tasks.push(tokio::spawn(async move {
             let (mut ok, mut err) = (0u64, 0u64);
             while Instant::now() < until {
-                match conn.get("/").await {
+                let done = match &body {
+                    Some(b) => conn.post("/", b.clone()).await,
+                    None => conn.get("/").await,
+                };
+                match done {
                     Ok(true) => ok += 1,
                     _ => {
                         err += 1;
