@@ -153,7 +153,11 @@ fn parse(buf: &[u8]) -> Parsed<'_> {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .and_then(|h| std::str::from_utf8(h.value).ok())
     };
-    // Requests without a Host header (absolute-form targets, HTTP/1.0) are routed by pingora.
+    // Requests without a Host header (absolute-form targets, HTTP/1.0) are routed by pingora,
+    // and CONNECT is refused by it (405) — neither should wait for, or wake, an instance here.
+    if req.method == Some("CONNECT") {
+        return Parsed::Complete(None);
+    }
     Parsed::Complete(value("host").map(|host| Head {
         host,
         tag: value(wire::HEADER_TAG),
@@ -284,6 +288,10 @@ mod tests {
             Parsed::Complete(None)
         ));
         assert!(matches!(
+            parse(b"CONNECT a.b:443 HTTP/1.1\r\nHost: a.b\r\n\r\n"),
+            Parsed::Complete(None)
+        ));
+        assert!(matches!(
             parse(b"\x16\x03\x01garbage\r\n\r\n"),
             Parsed::Invalid
         ));
@@ -308,7 +316,6 @@ mod tests {
         assert!(plain("DELETE /x HTTP/1.1\r\nHost: a\r\n\r\n"));
         for head in [
             "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
-            "CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
             "TRACE / HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 65537\r\n\r\n",
