@@ -113,6 +113,41 @@ pub(crate) fn peer(addr: SocketAddr, h2c: bool) -> HttpPeer {
     peer
 }
 
+/// What a request waiting for an instance holds in memory: its head (a body stays in the
+/// socket until an instance is chosen).
+pub(crate) fn held_bytes(req: &RequestHeader) -> usize {
+    req.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri.path_and_query().map_or(0, |p| p.as_str().len())
+}
+
+/// Not forwarded to an instance, as pingora's default upstream request policy has it: the
+/// hop-by-hop headers, and the upgrade fields (a websocket upgrade restores its own).
+pub(crate) fn hop_by_hop(name: &str) -> bool {
+    wire::HOP_BY_HOP
+        .iter()
+        .chain(&["upgrade", "http2-settings"])
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// The client in `Forwarded` and `X-Forwarded-For`, appended to what earlier proxies wrote
+/// (`prior_forwarded`, `prior_xff`).
+pub(crate) fn forwarded_for(
+    ip: std::net::IpAddr,
+    prior_forwarded: Option<&str>,
+    prior_xff: Option<&str>,
+) -> (String, String) {
+    let ours = match ip {
+        std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
+        std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+    };
+    let forwarded = prior_forwarded.map_or(ours.clone(), |p| format!("{p}, {ours}"));
+    let xff = prior_xff.map_or(ip.to_string(), |p| format!("{p}, {ip}"));
+    (forwarded, xff)
+}
+
 /// What every request to an instance carries: `K-Proxy-Request: activator`, and the client in
 /// `Forwarded`, `X-Forwarded-For` and `X-Forwarded-Proto` (appended to what earlier proxies
 /// wrote).
@@ -122,27 +157,9 @@ pub(crate) fn proxy_headers(
 ) -> Result<()> {
     upstream.insert_header(wire::HEADER_PROXY, wire::PROXY_BY_ACTIVATOR)?;
     if let Some(ip) = client.map(|a| a.ip()) {
-        let fwd = match ip {
-            std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
-            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
-        };
-        let joined = match upstream
-            .headers
-            .get("forwarded")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {fwd}"),
-            None => fwd,
-        };
-        upstream.insert_header("forwarded", joined)?;
-        let xff = match upstream
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        };
+        let prior = |name: &str| upstream.headers.get(name).and_then(|v| v.to_str().ok());
+        let (forwarded, xff) = forwarded_for(ip, prior("forwarded"), prior("x-forwarded-for"));
+        upstream.insert_header("forwarded", forwarded)?;
         upstream.insert_header("x-forwarded-for", xff)?;
         if !upstream.headers.contains_key("x-forwarded-proto") {
             upstream.insert_header("x-forwarded-proto", "http")?;
@@ -318,15 +335,7 @@ impl ProxyHttp for Gateway {
         let lease = match ctx.lease.take() {
             Some(lease) => lease,
             None => {
-                // What a waiting request holds in memory: its headers (the body stays in the
-                // socket until an instance is chosen).
-                let req = session.req_header();
-                let bytes = req
-                    .headers
-                    .iter()
-                    .map(|(k, v)| k.as_str().len() + v.len() + 4)
-                    .sum::<usize>()
-                    + req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+                let bytes = held_bytes(session.req_header());
                 let started = ctx.started.unwrap_or_else(Instant::now);
                 match self.lease(&rev, started, bytes).await {
                     Ok(lease) => lease,

@@ -33,7 +33,9 @@ use tokio::sync::watch;
 
 use crate::admission::KEEPALIVE;
 use crate::buffered::Buffered;
-use crate::gateway::{Gateway, error_response, peer, proxy_headers, start_span};
+use crate::gateway::{
+    Gateway, error_response, held_bytes, hop_by_hop, peer, proxy_headers, start_span,
+};
 use crate::revisions::RevisionState;
 use crate::routes::Target;
 use crate::throttler::Lease;
@@ -159,12 +161,6 @@ pub async fn proxy(
         connector,
         revision: &revision,
         started,
-        bytes: down
-            .req_header()
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum(),
         client,
     };
     let (status, reusable) = exchange.run(&mut down, &body, lease).await;
@@ -193,29 +189,15 @@ pub async fn proxy(
     }
 }
 
-/// Headers that describe only this hop, removed as pingora's default upstream request policy
-/// does (a plain request's `Connection` header names nothing else, so no nominated fields
-/// remain).
-const HOP_BY_HOP: [&str; 10] = [
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "http2-settings",
-];
-
+/// Remove what describes only this hop (see [`hop_by_hop`]; a plain request's `Connection`
+/// header names nothing else, so no nominated fields remain).
 fn strip_hop_by_hop(req: &mut RequestHeader) {
     // Most requests carry none or one of them: look at the names present rather than remove
     // each candidate (every removal hashes into two maps).
     let present: Vec<http::HeaderName> = req
         .headers
         .keys()
-        .filter(|k| HOP_BY_HOP.contains(&k.as_str()))
+        .filter(|k| hop_by_hop(k.as_str()))
         .cloned()
         .collect();
     for name in &present {
@@ -283,8 +265,6 @@ struct Exchange<'a> {
     connector: &'a Connector,
     revision: &'a RevisionState,
     started: Instant,
-    /// What the request holds while it waits again for an instance.
-    bytes: usize,
     client: &'a ClientHeaders,
 }
 
@@ -322,11 +302,8 @@ impl Exchange<'_> {
                         return (502, false);
                     }
                     drop(lease);
-                    lease = match self
-                        .gateway
-                        .lease(self.revision, self.started, self.bytes)
-                        .await
-                    {
+                    let bytes = held_bytes(down.req_header());
+                    lease = match self.gateway.lease(self.revision, self.started, bytes).await {
                         Ok(lease) => lease,
                         Err((code, reason)) => {
                             respond(down, code, &reason, code == 503).await;

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::buffered::Buffered;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, forwarded_for, hop_by_hop};
 use crate::revisions::RevisionState;
 use crate::routes::Target;
 use crate::throttler::Lease;
@@ -31,24 +31,19 @@ const MAX_RETRIES: usize = 16;
 /// A response head larger than this is refused (502).
 const MAX_HEAD: usize = 64 * 1024;
 
-/// Headers never forwarded as they came: internal ones a client must not set, those that
-/// describe only this hop (pingora's default policy), and the proxy headers this hop rewrites.
-const DROPPED: [&str; 14] = [
-    wire::HEADER_REVISION,
-    wire::HEADER_NAMESPACE,
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "http2-settings",
-    "forwarded",
-    "x-forwarded-for",
-];
+/// Headers never forwarded as they came: those that describe only this hop (pingora's default
+/// policy), internal ones a client must not set, and the proxy headers this hop rewrites.
+fn dropped(name: &str) -> bool {
+    hop_by_hop(name)
+        || [
+            wire::HEADER_REVISION,
+            wire::HEADER_NAMESPACE,
+            "forwarded",
+            "x-forwarded-for",
+        ]
+        .iter()
+        .any(|d| name.eq_ignore_ascii_case(d))
+}
 
 /// Is this parsed head a websocket upgrade the gateway tunnels itself? HTTP/1.1 `GET` of an
 /// origin-form target, `Upgrade: websocket`, `Connection` naming `upgrade`, no body.
@@ -190,7 +185,7 @@ fn upstream_head(
     let mut out = Vec::with_capacity(head.len() + 256);
     out.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
     for h in req.headers.iter() {
-        if DROPPED.iter().any(|d| h.name.eq_ignore_ascii_case(d)) {
+        if dropped(h.name) {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -205,13 +200,12 @@ fn upstream_head(
     add("Upgrade", "websocket");
     add(wire::HEADER_PROXY, wire::PROXY_BY_ACTIVATOR);
     if let Some(ip) = peer.map(|p| p.ip()) {
-        let ours = match ip {
-            std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
-            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
-        };
-        let forwarded = prior("forwarded").map_or(ours.clone(), |p| format!("{p}, {ours}"));
+        let (forwarded, xff) = forwarded_for(
+            ip,
+            prior("forwarded").as_deref(),
+            prior("x-forwarded-for").as_deref(),
+        );
         add("Forwarded", &forwarded);
-        let xff = prior("x-forwarded-for").map_or(ip.to_string(), |p| format!("{p}, {ip}"));
         add("X-Forwarded-For", &xff);
         if prior("x-forwarded-proto").is_none() {
             add("X-Forwarded-Proto", "http");

@@ -339,19 +339,7 @@ async fn spans_continue_the_trace_through_the_gateway() {
     const PARENT_ID: &str = "b7ad6b7169203331";
     // A stand-in OTLP/HTTP collector, and an app keeping the traceparent it receives.
     let (collector, exports) = testkit::otlp_collector().await;
-    let seen: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-    let s = seen.clone();
-    let app = testkit::spawn_app(move |req: http::Request<hyper::body::Incoming>| {
-        let s = s.clone();
-        async move {
-            *s.lock().unwrap() = req
-                .headers()
-                .get("traceparent")
-                .map(|v| v.to_str().unwrap().to_string());
-            http::Response::new(full("ok"))
-        }
-    })
-    .await;
+    let (app, seen) = testkit::traceparent_app().await;
     let revisions = Arc::new(Revisions::new(Limits::default()));
     let qp = queue_proxy(app, false).await;
     revisions.announce("default", "echo-00001", &[qp]);
@@ -383,13 +371,25 @@ async fn spans_continue_the_trace_through_the_gateway() {
     let parts: Vec<&str> = got.split('-').collect();
     assert_eq!(parts[1], TRACE_ID, "same trace");
     assert_ne!(parts[2], PARENT_ID, "the gateway's span is the parent now");
-    traces.shutdown();
+    // The gateway ends its span once the response is out, so the client can be a moment ahead.
     let (trace, span) = (testkit::unhex(TRACE_ID), testkit::unhex(parts[2]));
-    let found = exports
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(_, b)| testkit::contains(b, &trace) && testkit::contains(b, &span));
+    let exported = || {
+        exports
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, b)| testkit::contains(b, &trace) && testkit::contains(b, &span))
+    };
+    let mut found = false;
+    for _ in 0..100 {
+        traces.flush();
+        found = exported();
+        if found {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    traces.shutdown();
     assert!(
         found,
         "the collector received the gateway's span in the client's trace"

@@ -635,44 +635,55 @@ enum Conns {
     DropSecondRequest,
 }
 
+/// A raw upstream on loopback: each accepted connection goes to `serve`, with a sender for the
+/// request heads it reads; the receiver comes back with the address.
+async fn raw_server<F, Fut>(serve: F) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>)
+where
+    F: Fn(tokio::net::TcpStream, tokio::sync::mpsc::UnboundedSender<String>) -> Fut
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(serve(s, tx.clone()));
+        }
+    });
+    (addr, rx)
+}
+
 /// A raw upstream: reads request heads, records them, and writes `reply` as `conns` says.
 async fn raw_app(
     reply: &'static [u8],
     conns: Conns,
 ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                for n in 0.. {
-                    let mut head = Vec::new();
-                    while !head.ends_with(b"\r\n\r\n") {
-                        let mut b = [0u8; 1];
-                        match s.read(&mut b).await {
-                            Ok(1) => head.push(b[0]),
-                            _ => return,
-                        }
-                    }
-                    let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
-                    if matches!(conns, Conns::DropSecondRequest) && n == 1 {
-                        return;
-                    }
-                    if s.write_all(reply).await.is_err() || matches!(conns, Conns::CloseAfterReply)
-                    {
-                        return;
-                    }
+    raw_server(move |mut s, tx| async move {
+        for n in 0.. {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                match s.read(&mut b).await {
+                    Ok(1) => head.push(b[0]),
+                    _ => return,
                 }
-            });
+            }
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            if matches!(conns, Conns::DropSecondRequest) && n == 1 {
+                return;
+            }
+            if s.write_all(reply).await.is_err() || matches!(conns, Conns::CloseAfterReply) {
+                return;
+            }
         }
-    });
-    (addr, rx)
+    })
+    .await
 }
 
 /// Plain requests (HTTP/1.1, safe method, no body) take the gateway's short path: hop-by-hop
@@ -839,16 +850,7 @@ async fn abandoned_plain_request_frees_its_slot() {
 /// same write, then echoes what it receives; records the heads it read.
 async fn websocket_app() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
+    raw_server(|mut s, tx| async move {
                 let mut buf = Vec::new();
                 let end = loop {
                     let mut b = [0u8; 1024];
@@ -872,10 +874,8 @@ async fn websocket_app() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<St
                         return;
                     }
                 }
-            });
-        }
-    });
-    (addr, rx)
+    })
+    .await
 }
 
 /// Websocket upgrades lose no bytes either way: the instance's first frame, sent with its 101,

@@ -167,18 +167,6 @@ fn error(status: StatusCode, reason: String) -> Response<ProxyBody> {
     r
 }
 
-/// Headers that describe one hop's connection and must not be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
-
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Headers named in Connection are hop-by-hop too.
     let named: Vec<HeaderName> = headers
@@ -192,7 +180,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for n in named {
         headers.remove(n);
     }
-    for h in HOP_BY_HOP {
+    for h in wire::HOP_BY_HOP {
         headers.remove(h);
     }
     if !keep_upgrade {

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -14,19 +13,7 @@ const PARENT_ID: &str = "b7ad6b7169203331";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_continue_the_trace_and_reach_the_collector() {
     let (collector, exports) = testkit::otlp_collector().await;
-    let seen: Arc<Mutex<Option<String>>> = Arc::default();
-    let s = seen.clone();
-    let app = spawn_app(move |req: http::Request<hyper::body::Incoming>| {
-        let s = s.clone();
-        async move {
-            *s.lock().unwrap() = req
-                .headers()
-                .get("traceparent")
-                .map(|v| v.to_str().unwrap().to_string());
-            http::Response::new(full("ok"))
-        }
-    })
-    .await;
+    let (app, seen) = testkit::traceparent_app().await;
     let endpoint = format!("http://{collector}");
     let qp = QueueProxy::start(
         app.port(),

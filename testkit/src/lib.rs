@@ -135,6 +135,29 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// The `traceparent` of the last request an app received.
+pub type SeenTrace = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+/// An app answering "ok" that keeps the `traceparent` of the last request it received.
+pub async fn traceparent_app() -> (SocketAddr, SeenTrace) {
+    let seen = SeenTrace::default();
+    let s = seen.clone();
+    let addr = spawn_app(move |req: Request<Incoming>| {
+        let s = s.clone();
+        async move {
+            let parent = req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            *s.lock().unwrap_or_else(|p| p.into_inner()) = parent;
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    (addr, seen)
+}
+
 /// Every export a stand-in collector received: (path, body).
 pub type Exports = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 

@@ -135,4 +135,9 @@ impl Traces {
     pub fn shutdown(&self) {
         let _ = self.provider.shutdown();
     }
+
+    /// Export what has ended so far, now.
+    pub fn flush(&self) {
+        let _ = self.provider.force_flush();
+    }
 }

@@ -28,6 +28,19 @@ pub const HEADER_NAMESPACE: &str = "knative-serving-namespace";
 /// Selects a tag's revision on a route's main host.
 pub const HEADER_TAG: &str = "knative-serving-tag";
 
+/// Headers that describe one hop's connection and are never forwarded (RFC 9110 §7.6.1), by
+/// the queue-proxy or the activator.
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
 /// The `response_code_class` label both proxies put on their request metrics. A request that
 /// got no status at all (0: the connection died) counts as a server-side failure.
 pub fn response_code_class(status: u16) -> &'static str {

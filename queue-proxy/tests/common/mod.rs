@@ -13,6 +13,7 @@ use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioExecutor;
 
+#[allow(unused_imports)] // each test binary uses some of these
 pub use testkit::{AppBody, full, spawn_app};
 
 #[derive(Debug, serde::Deserialize)]
