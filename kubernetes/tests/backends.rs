@@ -84,6 +84,16 @@ fn replicas(api: &FakeApi, rev: &str) -> i64 {
         .unwrap_or(-1)
 }
 
+/// The autoscaler's Lease as the fake API holds it.
+fn autoscaler_lease(api: &FakeApi) -> serde_json::Value {
+    api.get(
+        "coordination.k8s.io/v1/leases",
+        "ebb-system",
+        "ebb-autoscaler",
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_at_a_time_and_takeover_after_the_lease_expires() {
     let api = FakeApi::start().await;
@@ -104,13 +114,7 @@ async fn one_leader_at_a_time_and_takeover_after_the_lease_expires() {
             "a renewed lease is not b's"
         );
     }
-    let lease = api
-        .get(
-            "coordination.k8s.io/v1/leases",
-            "ebb-system",
-            "ebb-autoscaler",
-        )
-        .unwrap();
+    let lease = autoscaler_lease(&api);
     assert_eq!(lease["spec"]["holderIdentity"], "a");
     // a stops renewing: b waits a full lease duration of an unchanged record, then takes over.
     let stopped = Instant::now();
@@ -129,13 +133,7 @@ async fn one_leader_at_a_time_and_takeover_after_the_lease_expires() {
         "not before the lease expired: {:?}",
         stopped.elapsed()
     );
-    let lease = api
-        .get(
-            "coordination.k8s.io/v1/leases",
-            "ebb-system",
-            "ebb-autoscaler",
-        )
-        .unwrap();
+    let lease = autoscaler_lease(&api);
     assert_eq!(lease["spec"]["holderIdentity"], "b");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     assert!(!a.try_acquire_or_renew().await.unwrap(), "a lost it");

@@ -2,24 +2,14 @@
 //! kubeconfig, as they would run against a cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use testkit::fake_api::FakeApi;
+use testkit::fake_api::{FakeApi, Process};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn term(p: &mut Proc) -> std::process::ExitStatus {
+fn term(p: &mut Process) -> std::process::ExitStatus {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(p.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -36,27 +26,6 @@ fn term(p: &mut Proc) -> std::process::ExitStatus {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Start a binary with a kubeconfig for `api`; returns it and its first stdout line.
-fn start(bin: &str, api: &FakeApi, env: &[(&str, &str)]) -> (Proc, String) {
-    let dir = std::env::temp_dir().join(format!("ebb-kube-{}-{}", std::process::id(), bin));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join(format!("kubeconfig-{}", api.addr.port()));
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let mut child = Command::new(bin)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("EBB_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (Proc(child), line)
 }
 
 fn addr_after(line: &str, word: &str) -> SocketAddr {
@@ -93,9 +62,8 @@ fn get(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autoscaler_binary_leads_and_hands_over_on_sigterm() {
     let api = FakeApi::start().await;
-    let (mut p, line) = start(
+    let (mut p, line) = api.start_binary(
         env!("CARGO_BIN_EXE_ebb-autoscaler"),
-        &api,
         &[
             ("EBB_AUTOSCALER_ADDRESS", "127.0.0.1:0"),
             ("POD_NAME", "autoscaler-a"),
@@ -190,9 +158,8 @@ async fn activator_binary_routes_from_the_api() {
         "ports": [{ "name": "http", "port": qp.serving.port(), "protocol": "TCP" }],
         "endpoints": [{ "addresses": [qp.serving.ip().to_string()], "conditions": { "ready": true } }],
     }));
-    let (mut p, line) = start(
+    let (mut p, line) = api.start_binary(
         env!("CARGO_BIN_EXE_ebb-activator"),
-        &api,
         &[
             ("EBB_ACTIVATOR_ADDRESS", "127.0.0.1:0"),
             ("EBB_ACTIVATOR_INTERNAL_ADDRESS", "127.0.0.1:0"),

@@ -5,13 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use testkit::fake_api::{Access, FakeApi};
+use testkit::fake_api::{Access, FakeApi, Process};
 
 const SYSTEM: &str = "ebb-system";
 
@@ -24,35 +22,13 @@ const KEPT: [(&str, &str, &str, &str); 1] = [(
     "patch",
 )];
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(bin: &str, api: &FakeApi, env: &[(&str, &str)]) -> (Proc, String) {
-    let kubeconfig = std::env::temp_dir().join(format!(
-        "ebb-rbac-{}-{}",
-        std::process::id(),
-        api.addr.port()
-    ));
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let mut child = Command::new(bin)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("EBB_LOG", "warn")
-        .env("SYSTEM_NAMESPACE", SYSTEM)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (Proc(child), line)
+/// Start a component against `api` in the system namespace; returns it and its first line.
+fn start(bin: &str, api: &FakeApi, env: &[(&str, &str)]) -> (Process, String) {
+    let env: Vec<(&str, &str)> = [("SYSTEM_NAMESPACE", SYSTEM)]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
+    api.start_binary(bin, &env)
 }
 
 /// (cluster-wide rules, rules in ebb-system) of a component, as (group, resource, verb).

@@ -48,6 +48,17 @@ pub struct Access {
     pub namespace: Option<String>,
 }
 
+/// A child process, killed when dropped.
+#[derive(Debug)]
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FakeApi {
     pub addr: SocketAddr,
@@ -225,6 +236,31 @@ impl FakeApi {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Start `bin` as a process with a kubeconfig pointing at this server, `EBB_LOG=warn` and
+    /// `env`; returns it and the first line it prints on stdout.
+    pub fn start_binary(&self, bin: &str, env: &[(&str, &str)]) -> (Process, String) {
+        use std::io::BufRead;
+        let kubeconfig = std::env::temp_dir().join(format!(
+            "ebb-kubeconfig-{}-{}",
+            std::process::id(),
+            self.addr.port()
+        ));
+        std::fs::write(&kubeconfig, self.kubeconfig())
+            .unwrap_or_else(|e| panic!("{}: {e}", kubeconfig.display()));
+        let mut child = std::process::Command::new(bin)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("EBB_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e}"));
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        (Process(child), line)
     }
 
     /// A kubeconfig pointing at this server (for binaries run as processes).
