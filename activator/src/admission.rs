@@ -66,9 +66,12 @@ pub struct Admitted {
     pub lease: Result<Lease, (u16, String)>,
     /// A plain request: see [`is_plain`].
     pub plain: bool,
-    /// A websocket upgrade (see [`crate::upgrade::is_websocket`]): the bytes read, which —
-    /// unlike other requests' — were not put back in the stream, and the head's length.
-    pub websocket: Option<(Vec<u8>, usize)>,
+    /// A websocket upgrade: see [`crate::upgrade::is_websocket`].
+    pub websocket: bool,
+    /// For plain requests and websocket upgrades, which the gateway carries itself: the bytes
+    /// read (the head, then anything after it), which — unlike other requests' — were not put
+    /// back in the stream, and the head's length.
+    pub bytes: Option<(Vec<u8>, usize)>,
 }
 
 /// Routing facts of one parsed head.
@@ -76,8 +79,8 @@ struct Head<'a> {
     host: &'a str,
     tag: Option<&'a str>,
     plain: bool,
-    /// The head's length, when it asks for a websocket.
-    websocket: Option<usize>,
+    websocket: bool,
+    len: usize,
 }
 
 /// Request bodies up to this size can take the plain path: read whole, then sent (they fit
@@ -162,7 +165,8 @@ fn parse(buf: &[u8]) -> Parsed<'_> {
         host,
         tag: value(wire::HEADER_TAG),
         plain: is_plain(&req),
-        websocket: crate::upgrade::is_websocket(&req).then_some(len),
+        websocket: crate::upgrade::is_websocket(&req),
+        len,
     }))
 }
 
@@ -179,7 +183,7 @@ pub async fn admit(
 ) -> Admission {
     idle.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
     let mut buf = Vec::with_capacity(HEAD_BUF);
-    let (target, revision, plain, websocket) = loop {
+    let (target, revision, plain, websocket, len) = loop {
         if buf.len() == buf.capacity() {
             if buf.len() >= MAX_HEAD {
                 stream.rewind(&buf);
@@ -235,29 +239,26 @@ pub async fn admit(
                     return Admission::Pass;
                 };
                 let revision = gateway.revisions.get(&target.namespace, revision);
-                break (target, revision, head.plain, head.websocket);
+                break (target, revision, head.plain, head.websocket, head.len);
             }
         }
     };
     let started = Instant::now();
-    let bytes = buf.len();
-    let websocket = match websocket {
-        // Tunnelled by the gateway itself: it keeps what it read.
-        Some(head) => {
-            buf.shrink_to_fit();
-            Some((buf, head))
-        }
-        None => {
-            // Pingora reads the head from here; what waits is a copy of exactly its size.
-            stream.rewind(&buf);
-            drop(buf);
-            None
-        }
+    let held = buf.len();
+    let bytes = if plain || websocket {
+        // Carried by the gateway itself: it keeps what it read (at its size while it waits).
+        buf.shrink_to_fit();
+        Some((buf, len))
+    } else {
+        // Pingora reads the head from here; what waits is a copy of exactly its size.
+        stream.rewind(&buf);
+        drop(buf);
+        None
     };
     revision
         .arrivals
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let lease = gateway.lease(&revision, started, bytes).await;
+    let lease = gateway.lease(&revision, started, held).await;
     Admission::Admitted(Admitted {
         started,
         target,
@@ -265,6 +266,7 @@ pub async fn admit(
         lease,
         plain,
         websocket,
+        bytes,
     })
 }
 

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_core::connectors::http::Connector;
+
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::admission::{Admission, Admitted, KEEPALIVE, admit};
 use crate::buffered::Buffered;
+use crate::pool::Pool;
 use crate::revisions::{RevisionState, Revisions};
 use crate::routes::{Listener, RoutingTable, Target};
 use crate::throttler::Lease;
@@ -451,7 +452,8 @@ pub async fn serve_with_grace(
     proxy.server_options = Some(options);
     let proxy: Arc<HttpProxy<Gateway>> = Arc::new(proxy);
     // Plain requests' own pool of instance connections (pingora's proxy keeps its own).
-    let connector = Arc::new(Connector::new(None));
+    let pool = Arc::new(Pool::default());
+    Pool::keep_swept(&pool);
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut stop = shutdown.clone();
     loop {
@@ -467,9 +469,9 @@ pub async fn serve_with_grace(
                 let open = open.clone();
                 open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let gateway = gateway.clone();
-                let connector = connector.clone();
+                let pool = pool.clone();
                 tokio::spawn(async move {
-                    connection(&proxy, &gateway, &connector, tcp, peer, &shutdown).await;
+                    connection(&proxy, &gateway, &pool, tcp, peer, &shutdown).await;
                     open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
@@ -498,7 +500,7 @@ pub async fn serve_with_grace(
 async fn connection(
     proxy: &Arc<HttpProxy<Gateway>>,
     gateway: &Gateway,
-    connector: &Connector,
+    pool: &Pool,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     shutdown: &watch::Receiver<bool>,
@@ -506,7 +508,7 @@ async fn connection(
     use pingora_core::apps::ServerApp;
 
     let mut stream = downstream(tcp, peer);
-    let client = crate::plain::ClientHeaders::new(Some(peer));
+    let client = crate::h1::ClientHeaders::new(Some(peer));
     let h2c = proxy.server_options.as_ref().is_some_and(|o| o.h2c);
     let idle = tokio::time::sleep(KEEPALIVE);
     tokio::pin!(idle);
@@ -520,7 +522,8 @@ async fn connection(
             Admission::Pass => None,
             Admission::Admitted(Admitted {
                 lease: Ok(lease),
-                websocket: Some((bytes, head)),
+                websocket: true,
+                bytes: Some((bytes, head)),
                 started,
                 target,
                 revision,
@@ -534,27 +537,30 @@ async fn connection(
                     bytes,
                     head,
                 };
-                Box::pin(crate::upgrade::tunnel(gateway, stream, upgrade, Some(peer))).await;
+                Box::pin(crate::upgrade::tunnel(gateway, stream, upgrade, &client)).await;
                 return;
             }
             Admission::Admitted(Admitted {
                 lease: Ok(lease),
                 plain: true,
-                websocket: None,
+                bytes: Some((bytes, head)),
                 started,
                 target,
                 revision,
+                ..
             }) if !revision.h2c() => {
                 let request = crate::plain::Plain {
                     started,
                     target,
                     revision,
                     lease,
+                    bytes,
+                    head,
                 };
                 // Boxed: the exchange's state (several KiB) exists only while it runs, never
                 // while the connection waits.
                 let exchange =
-                    crate::plain::proxy(gateway, connector, stream, request, &client, shutdown);
+                    crate::plain::proxy(gateway, pool, stream, request, &client, shutdown);
                 match Box::pin(exchange).await {
                     Some(s) if !*shutdown.borrow() => {
                         stream = s;
@@ -564,9 +570,9 @@ async fn connection(
                 }
             }
             Admission::Admitted(mut a) => {
-                // A websocket that pingora proxies after all (refused, or an HTTP/2
-                // instance) reads its head from the stream like any other request.
-                if let Some((bytes, _)) = a.websocket.take() {
+                // A request that pingora proxies after all (refused, or an HTTP/2 instance)
+                // reads its head from the stream like any other.
+                if let Some((bytes, _)) = a.bytes.take() {
                     stream.rewind(&bytes);
                 }
                 Some(a)
@@ -647,8 +653,8 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let connector = Connector::new(None);
-        let conn = connection(&proxy, &gateway, &connector, tcp, addr, &shutdown);
+        let pool = Pool::default();
+        let conn = connection(&proxy, &gateway, &pool, tcp, addr, &shutdown);
         let size = std::mem::size_of_val(&conn);
         assert!(
             size <= 1536,

@@ -5,16 +5,18 @@
 //! revision's `throttler` picks an instance by load (power of two choices, or first available
 //! for small containerConcurrency) and holds the request in a bounded FIFO queue while none has
 //! room, e.g. while the revision wakes from zero — all before pingora builds any per-request
-//! state. Then `plain` requests (HTTP/1.1, safe method, no body) are proxied with pingora's
-//! HTTP/1 sessions and pool directly, websocket upgrades are tunnelled by `upgrade`, and
-//! everything else goes through pingora's proxy (`gateway`).
+//! state. Then `plain` requests (HTTP/1.1, no body or a small sized one) are carried at the byte
+//! level (`h1`, with its own connection `pool`), websocket upgrades are tunnelled by `upgrade`,
+//! and everything else goes through pingora's proxy (`gateway`).
 //! `routes`, `throttler` and `revisions` do no I/O.
 
 pub mod admission;
 pub mod buffered;
 pub mod gateway;
+pub mod h1;
 pub mod metrics;
 pub mod plain;
+pub mod pool;
 pub mod probe;
 pub mod revisions;
 pub mod routes;

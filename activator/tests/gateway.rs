@@ -769,6 +769,139 @@ async fn read_chunked_or_sized(s: &mut tokio::net::TcpStream) -> (u16, String) {
     }
 }
 
+/// An instance answering by path, on keep-alive connections it counts: `/echo` returns the
+/// request body, `/chunked` a chunked body with an extension and a trailer, `HEAD /head` a
+/// length without a body, `/early` a 103 before its answer, `/bye` its answer then closes.
+async fn shapes_app() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let (addr, _heads) = raw_server(move |mut s, _tx| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            loop {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut b = [0u8; 1];
+                    match s.read(&mut b).await {
+                        Ok(1) => head.push(b[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                let mut body = vec![0u8; len];
+                s.read_exact(&mut body).await.unwrap();
+                let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                let reply: Vec<u8> = match path.as_str() {
+                    "/echo" => {
+                        let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n")
+                            .into_bytes();
+                        r.extend_from_slice(&body);
+                        r
+                    }
+                    "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n3;ext=1\r\nabc\r\n0\r\nx-sum: 3\r\n\r\n".to_vec(),
+                    "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".to_vec(),
+                    "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+                    _ => b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbye".to_vec(),
+                };
+                s.write_all(&reply).await.unwrap();
+                if path == "/bye" {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, accepted)
+}
+
+/// Read from `s` until exactly `want` has arrived (and nothing more within a moment).
+async fn expect_bytes(s: &mut tokio::net::TcpStream, want: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), want);
+}
+
+/// The plain path relays responses byte for byte on one client connection: pipelined
+/// requests answered in order, chunk extensions and trailers untouched, a HEAD answer without
+/// a body, a 103 before the final answer, the instance's `Connection: close` kept to its own
+/// connection, the client's `Connection: close` honoured — and every request before the
+/// instance's close on one pooled instance connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_responses_are_relayed_exactly_on_one_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = gateway(Limits::default()).await;
+    let (addr, accepted) = shapes_app().await;
+    gw.revisions.set_endpoints("default", "shop-00002", &[addr]);
+    let host = "Host: current-shop.default.example.com\r\n";
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // Two requests in one write: a POST with its body, then a GET.
+    s.write_all(
+        format!("POST /echo HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhelloGET /chunked HTTP/1.1\r\n{host}\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    expect_bytes(
+        &mut s,
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello\
+         HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n3;ext=1\r\nabc\r\n0\r\nx-sum: 3\r\n\r\n",
+    )
+    .await;
+    s.write_all(format!("HEAD /head HTTP/1.1\r\n{host}\r\n").as_bytes())
+        .await
+        .unwrap();
+    expect_bytes(&mut s, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n").await;
+    s.write_all(format!("GET /early HTTP/1.1\r\n{host}\r\n").as_bytes())
+        .await
+        .unwrap();
+    expect_bytes(
+        &mut s,
+        "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    // The instance closes its connection; the client's lives on.
+    s.write_all(format!("GET /bye HTTP/1.1\r\n{host}\r\n").as_bytes())
+        .await
+        .unwrap();
+    expect_bytes(&mut s, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye").await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one instance connection, reused"
+    );
+    // The client asks to close: told so, and closed.
+    s.write_all(format!("GET /echo HTTP/1.1\r\n{host}Connection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    expect_bytes(
+        &mut s,
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "closed after: {read:?} {rest:?}");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a fresh one after the instance's close"
+    );
+}
+
 /// A pooled keep-alive connection the instance drops just as it is reused: the plain request
 /// (a safe method) is sent again on a fresh connection instead of failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
