@@ -116,6 +116,9 @@ fn joined(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
     (!values.is_empty()).then(|| values.join(", "))
 }
 
+/// Room for one parsed header field.
+pub type Uninit<'b> = std::mem::MaybeUninit<httparse::Header<'b>>;
+
 /// A client's request head, parsed.
 #[derive(Debug)]
 pub struct Request<'h, 'b> {
@@ -125,9 +128,11 @@ pub struct Request<'h, 'b> {
 }
 
 impl<'h, 'b> Request<'h, 'b> {
-    pub fn parse(head: &'b [u8], headers: &'h mut [httparse::Header<'b>]) -> Option<Self> {
-        let mut req = httparse::Request::new(headers);
-        match req.parse(head) {
+    /// Parse a complete head; `headers` need not be initialised (zeroing a large array for
+    /// each request costs more than the parse).
+    pub fn parse(head: &'b [u8], headers: &'h mut [Uninit<'b>]) -> Option<Self> {
+        let mut req = httparse::Request::new(&mut []);
+        match req.parse_with_uninit_headers(head, headers) {
             Ok(httparse::Status::Complete(_)) => {}
             _ => return None,
         }
@@ -270,14 +275,17 @@ pub fn parse_response(
     head_request: bool,
     out: Option<(&mut Vec<u8>, bool)>,
 ) -> Result<Option<Response>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Err("response head too large".to_string());
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
+    let mut headers = [const { Uninit::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Ok(None),
+        Ok(_) => return Err("response head too large".to_string()),
         Err(e) => return Err(format!("invalid response head: {e}")),
     };
     let status = resp.code.unwrap_or(0);
@@ -721,11 +729,38 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn response_heads_are_read_across_reads_up_to_the_limit() {
+        let big = "v".repeat(10_000);
+        let wire = format!("HTTP/1.1 200 OK\r\nx-big: {big}\r\ncontent-length: 1\r\n\r\n!");
+        let mut from = wire.as_bytes();
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        let r = read_response(&mut from, &mut buf, false, Some((&mut out, false))).await;
+        let r = r.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (r.status, r.len, r.framing),
+            (200, wire.len() - 1, Framing::Length(1))
+        );
+        assert_eq!(out.len(), r.len, "the head as the client gets it");
+        let huge = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "v".repeat(MAX_HEAD));
+        let mut from = huge.as_bytes();
+        let r = read_response(&mut from, &mut Vec::new(), false, None).await;
+        assert!(
+            matches!(r, Err(ReadError::Invalid(ref e)) if e.contains("too large")),
+            "{r:?}"
+        );
+        // Nothing at all (a pooled connection the instance closed) is told apart from a cut head.
+        let r = read_response(&mut &b""[..], &mut Vec::new(), false, None).await;
+        assert!(matches!(r, Err(ReadError::Nothing(_))), "{r:?}");
+        let r = read_response(&mut &b"HTTP/1.1 200"[..], &mut Vec::new(), false, None).await;
+        assert!(matches!(r, Err(ReadError::Invalid(_))), "{r:?}");
+    }
+
     #[test]
     fn upstream_heads_carry_the_proxy_fields_and_drop_the_clients_hop() {
         let client = ClientHeaders::new(Some(([10, 0, 0, 7], 5555).into()));
         let write = |head: &str| {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut headers = [const { Uninit::uninit() }; 32];
             let req =
                 Request::parse(head.as_bytes(), &mut headers).unwrap_or_else(|| panic!("{head:?}"));
             let mut out = Vec::new();

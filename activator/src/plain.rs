@@ -73,7 +73,7 @@ fn prepare(
     request: &Plain,
     client: &ClientHeaders,
 ) -> Result<Prepared, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = [const { h1::Uninit::uninit() }; MAX_HEADERS];
     let req = h1::Request::parse(&request.bytes[..request.head], &mut headers)
         .ok_or("invalid request head")?;
     let body = match req.value("content-length") {

@@ -153,7 +153,7 @@ fn upstream_head(
     revision: &RevisionState,
     started: Instant,
 ) -> Result<(Vec<u8>, Option<ebb_traces::Span>), String> {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut headers = [const { h1::Uninit::uninit() }; 128];
     let req = h1::Request::parse(head, &mut headers).ok_or("invalid request head")?;
     let (span, trace) = req.span(gateway.traces.as_deref(), target, revision, started);
     let mut out = Vec::with_capacity(head.len() + 256);
