@@ -1,5 +1,7 @@
 //! The gateway proper: pingora's proxy with Ebb's routing and throttling, embedded in our own
-//! Tokio runtime (we run the accept loop; pingora handles each connection).
+//! Tokio runtime (we run the accept loop; pingora handles each connection, except the plain
+//! requests and websocket upgrades the gateway carries itself: [`crate::plain`],
+//! [`crate::upgrade`]).
 //!
 //! Per request: route by Host and `Knative-Serving-Tag` and take a lease on an instance,
 //! waiting in the revision's queue up to its timeout (503 with Retry-After when the queue is
