@@ -175,7 +175,7 @@ pub async fn proxy(
 
 /// Wait for the client to go away while its response is awaited. Bytes it sends meanwhile
 /// (a pipelined request) are kept in `next`, and from then on it is not watched.
-async fn client_gone(stream: &mut Buffered, next: &mut Vec<u8>) {
+pub(crate) async fn client_gone(stream: &mut Buffered, next: &mut Vec<u8>) {
     if next.is_empty() {
         let mut buf = [0u8; 512];
         match stream.read(&mut buf).await {

@@ -167,7 +167,8 @@ fn upstream_head(
 }
 
 /// Send the head (and what followed it), read the answer, tunnel on 101 or relay a refusal.
-/// Returns the status (502 when the instance failed before answering, and is answered so).
+/// Returns the status (502 when the instance failed before answering, and is answered so; 0
+/// when the client left first).
 async fn exchange(
     client: &mut Buffered,
     upstream: &mut TcpStream,
@@ -181,16 +182,38 @@ async fn exchange(
         return 502;
     }
     let mut buf = Vec::with_capacity(4096);
+    // Bytes the client sends before the instance answers (it should wait for the 101): they
+    // follow the head to the instance once it has answered.
+    let mut pending = Vec::new();
+    let mut first = true;
     loop {
         let mut out = Vec::new();
-        let response =
-            match h1::read_response(upstream, &mut buf, false, Some((&mut out, true))).await {
-                Ok(r) => r,
-                Err(e) => {
-                    refuse(client, 502, &format!("instance failed: {e}")).await;
-                    return 502;
-                }
-            };
+        let read = h1::read_response(upstream, &mut buf, false, Some((&mut out, true)));
+        let answer = if first {
+            first = false;
+            tokio::select! {
+                r = read => r,
+                // A client that leaves while the instance prepares its answer ends the
+                // exchange (and frees the instance's slot) at once.
+                () = crate::plain::client_gone(client, &mut pending) => return 0,
+            }
+        } else {
+            read.await
+        };
+        let response = match answer {
+            Ok(r) => r,
+            Err(e) => {
+                refuse(client, 502, &format!("instance failed: {e}")).await;
+                return 502;
+            }
+        };
+        if !pending.is_empty() {
+            if upstream.write_all(&pending).await.is_err() {
+                refuse(client, 502, "instance failed: the connection closed").await;
+                return 502;
+            }
+            pending.clear();
+        }
         let status = response.status;
         if status == 101 {
             // The instance's head as it is (its Connection and Upgrade fields are the

@@ -947,19 +947,27 @@ async fn plain_requests_survive_pooled_connections_the_instance_drops() {
     assert!(seen > 10, "only {seen} heads for 10 requests: no retries");
 }
 
-/// A client that gives up while its plain request is at the instance frees the instance's
-/// slot at once, not when the instance finally answers.
+/// A client that gives up while its plain request (or websocket upgrade) is at the instance
+/// frees the instance's slot at once, not when the instance finally answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_plain_request_frees_its_slot() {
+    for head in [
+        "GET / HTTP/1.1\r\nHost: current-shop.default.example.com\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nHost: current-shop.default.example.com\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    ] {
+        abandon(head).await;
+    }
+}
+
+async fn abandon(head: &str) {
     use tokio::io::AsyncWriteExt;
     let gw = gateway(Limits::default()).await;
     let slow = app("slow", Duration::from_secs(5)).await;
     gw.revisions.set_endpoints("default", "shop-00002", &[slow]);
     let rev = gw.revisions.get("default", "shop-00002");
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: current-shop.default.example.com\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
     while rev.throttler.in_flight() == 0 {
         assert!(
@@ -973,7 +981,7 @@ async fn abandoned_plain_request_frees_its_slot() {
     while rev.throttler.in_flight() > 0 {
         assert!(
             Instant::now() < deadline,
-            "the abandoned request still holds its slot"
+            "the abandoned request still holds its slot: {head:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
