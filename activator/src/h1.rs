@@ -350,6 +350,9 @@ pub fn parse_response(
                 || name.eq_ignore_ascii_case("keep-alive")
                 || name.eq_ignore_ascii_case("proxy-connection")
                 || (rechunk && name.eq_ignore_ascii_case("transfer-encoding"))
+                // A length beside chunked framing is wrong and must not reach the client
+                // (RFC 9112 §6.3).
+                || (framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length"))
                 || named(name)
             {
                 continue;
@@ -700,12 +703,16 @@ mod tests {
             out,
             "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
         );
-        let (r, _) = client_head(
+        let (r, out) = client_head(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
             false,
             false,
         );
         assert_eq!(r.framing, Framing::Chunked, "chunked wins over a length");
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        );
         let (r, _) = client_head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true, false);
         assert_eq!((r.framing, r.keep_alive), (Framing::Empty, true), "HEAD");
         for status in ["204 No Content", "304 Not Modified", "103 Early Hints"] {
