@@ -401,6 +401,9 @@ impl ProxyHttp for Gateway {
             },
         };
         if code > 0 {
+            // The connection is closed after this answer: say so in it, or a client reusing
+            // the connection meanwhile loses its next request to the close.
+            session.set_keepalive(None);
             respond(session, code, &reason, code == 503).await;
         }
         FailToProxy {

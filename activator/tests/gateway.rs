@@ -315,6 +315,12 @@ async fn queue_full_is_503_with_retry_after() {
         refused[0].2.get("retry-after").map(|v| v.to_str().unwrap()),
         Some("1")
     );
+    // The gateway closes the connection after a refusal, and says so: a client must not send
+    // its next request on it.
+    assert_eq!(
+        refused[0].2.get("connection").map(|v| v.to_str().unwrap()),
+        Some("close")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
