@@ -125,6 +125,16 @@ mod tests {
             b_port
         );
         pool.put(addr, kept);
+        // The most recently put comes out first.
+        let (d, _d_server) = pair(&listener).await;
+        let d_port = d.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+        pool.put(addr, d);
+        let newest = pool.take(addr).unwrap_or_else(|| panic!("two idle"));
+        assert_eq!(
+            newest.local_addr().unwrap_or_else(|e| panic!("{e}")).port(),
+            d_port
+        );
+        pool.put(addr, newest);
         pool.sweep(Instant::now() + IDLE_TIMEOUT);
         assert_eq!(pool.idle(addr), 0, "idle past the timeout");
         assert!(pool.take(addr).is_none());
