@@ -74,6 +74,48 @@ pub struct Admitted {
     pub bytes: Option<(Vec<u8>, usize)>,
 }
 
+/// A request the gateway carries itself, at the byte level: a plain request
+/// ([`crate::plain`]) or a websocket upgrade ([`crate::upgrade`]), leased to an HTTP/1
+/// instance.
+#[derive(Debug)]
+pub struct Carried {
+    pub started: Instant,
+    pub target: Arc<Target>,
+    pub revision: Arc<RevisionState>,
+    pub lease: Lease,
+    pub websocket: bool,
+    /// What admission read: the head (`head` bytes), then anything after it.
+    pub bytes: Vec<u8>,
+    pub head: usize,
+}
+
+impl Admitted {
+    /// The request as one the gateway carries itself, or back as it was when pingora is to
+    /// proxy it (neither plain nor a websocket, refused, or for an h2c instance).
+    pub fn carried(self) -> Result<Carried, Admitted> {
+        match self {
+            Admitted {
+                started,
+                target,
+                revision,
+                lease: Ok(lease),
+                websocket,
+                bytes: Some((bytes, head)),
+                ..
+            } if !revision.h2c() => Ok(Carried {
+                started,
+                target,
+                revision,
+                lease,
+                websocket,
+                bytes,
+                head,
+            }),
+            other => Err(other),
+        }
+    }
+}
+
 /// Routing facts of one parsed head.
 struct Head<'a> {
     host: &'a str,

@@ -525,63 +525,33 @@ async fn connection(
                 return;
             }
             Admission::Pass => None,
-            Admission::Admitted(Admitted {
-                lease: Ok(lease),
-                websocket: true,
-                bytes: Some((bytes, head)),
-                started,
-                target,
-                revision,
-                ..
-            }) if !revision.h2c() => {
-                let upgrade = crate::upgrade::Upgrade {
-                    started,
-                    target,
-                    revision,
-                    lease,
-                    bytes,
-                    head,
-                };
-                Box::pin(crate::upgrade::tunnel(gateway, stream, upgrade, &client)).await;
-                return;
-            }
-            Admission::Admitted(Admitted {
-                lease: Ok(lease),
-                plain: true,
-                bytes: Some((bytes, head)),
-                started,
-                target,
-                revision,
-                ..
-            }) if !revision.h2c() => {
-                let request = crate::plain::Plain {
-                    started,
-                    target,
-                    revision,
-                    lease,
-                    bytes,
-                    head,
-                };
-                // Boxed: the exchange's state (several KiB) exists only while it runs, never
-                // while the connection waits.
-                let exchange =
-                    crate::plain::proxy(gateway, pool, stream, request, &client, shutdown);
-                match Box::pin(exchange).await {
-                    Some(s) if !*shutdown.borrow() => {
-                        stream = s;
-                        continue;
+            Admission::Admitted(admitted) => match admitted.carried() {
+                Ok(upgrade) if upgrade.websocket => {
+                    Box::pin(crate::upgrade::tunnel(gateway, stream, upgrade, &client)).await;
+                    return;
+                }
+                Ok(request) => {
+                    // Boxed: the exchange's state (several KiB) exists only while it runs,
+                    // never while the connection waits.
+                    let exchange =
+                        crate::plain::proxy(gateway, pool, stream, request, &client, shutdown);
+                    match Box::pin(exchange).await {
+                        Some(s) if !*shutdown.borrow() => {
+                            stream = s;
+                            continue;
+                        }
+                        _ => return,
                     }
-                    _ => return,
                 }
-            }
-            Admission::Admitted(mut a) => {
-                // A request that pingora proxies after all (refused, or an HTTP/2 instance)
-                // reads its head from the stream like any other.
-                if let Some((bytes, _)) = a.bytes.take() {
-                    stream.rewind(&bytes);
+                Err(mut a) => {
+                    // A request that pingora proxies after all (refused, or for an HTTP/2
+                    // instance) reads its head from the stream like any other.
+                    if let Some((bytes, _)) = a.bytes.take() {
+                        stream.rewind(&bytes);
+                    }
+                    Some(a)
                 }
-                Some(a)
-            }
+            },
         };
         let Some(reused) = http1(proxy, stream, admitted, shutdown).await else {
             return;

@@ -23,20 +23,18 @@
 //! responses re-framed as chunked, 1xx passed through, 502 when the instance fails, the
 //! client's disconnect abandoning the exchange, the same metrics and span.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::admission::KEEPALIVE;
+use crate::admission::{Carried, KEEPALIVE};
 use crate::buffered::Buffered;
 use crate::gateway::Gateway;
 use crate::h1::{self, ClientHeaders, Framing, ReadError};
 use crate::pool::Pool;
 use crate::revisions::RevisionState;
-use crate::routes::Target;
 use crate::throttler::Lease;
 
 /// Attempts after the first, as pingora's proxy allows (its `max_retries` default).
@@ -44,18 +42,6 @@ const MAX_RETRIES: usize = 16;
 
 /// Request header fields parsed at most (admission's limit: it parsed this head already).
 const MAX_HEADERS: usize = 128;
-
-/// An admitted plain request that has an instance.
-#[derive(Debug)]
-pub struct Plain {
-    pub started: Instant,
-    pub target: Arc<Target>,
-    pub revision: Arc<RevisionState>,
-    pub lease: Lease,
-    /// What admission read: the head (`head` bytes), then anything after it.
-    pub bytes: Vec<u8>,
-    pub head: usize,
-}
 
 /// The request as the instance gets it, and what the exchange needs to know about it.
 struct Prepared {
@@ -70,7 +56,7 @@ struct Prepared {
 
 fn prepare(
     gateway: &Gateway,
-    request: &Plain,
+    request: &Carried,
     client: &ClientHeaders,
 ) -> Result<Prepared, &'static str> {
     let mut headers = [const { h1::Uninit::uninit() }; MAX_HEADERS];
@@ -106,7 +92,7 @@ pub async fn proxy(
     gateway: &Gateway,
     pool: &Pool,
     mut stream: Buffered,
-    request: Plain,
+    request: Carried,
     client: &ClientHeaders,
     shutdown: &watch::Receiver<bool>,
 ) -> Option<Buffered> {
@@ -117,13 +103,14 @@ pub async fn proxy(
             return None;
         }
     };
-    let Plain {
+    let Carried {
         started,
         target,
         revision,
         lease,
         bytes,
         head,
+        ..
     } = request;
     // A small body (admission checked its size) is read whole: sent with the head, and again
     // if a pooled connection turns out to be closed. Bytes past it are the client's next

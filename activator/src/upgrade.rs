@@ -12,18 +12,17 @@
 //! upgrade) is relayed with its body, framed by content-length, chunks or the instance's close,
 //! and the client's connection closed after it.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::admission::Carried;
 use crate::buffered::Buffered;
 use crate::gateway::Gateway;
 use crate::h1::{self, ClientHeaders, connect, refuse};
 use crate::revisions::RevisionState;
 use crate::routes::Target;
-use crate::throttler::Lease;
 
 /// Attempts after the first when connecting fails, as on the other paths.
 const MAX_RETRIES: usize = 16;
@@ -51,32 +50,21 @@ pub fn is_websocket(req: &httparse::Request<'_, '_>) -> bool {
         && bodiless
 }
 
-/// An admitted websocket upgrade with an instance.
-#[derive(Debug)]
-pub struct Upgrade {
-    pub started: Instant,
-    pub target: Arc<Target>,
-    pub revision: Arc<RevisionState>,
-    pub lease: Lease,
-    /// What admission read: the request head (`head` bytes), then anything after it.
-    pub bytes: Vec<u8>,
-    pub head: usize,
-}
-
 /// Tunnel one upgrade; the client's connection ends with it.
 pub async fn tunnel(
     gateway: &Gateway,
     mut client: Buffered,
-    upgrade: Upgrade,
+    upgrade: Carried,
     headers: &ClientHeaders,
 ) {
-    let Upgrade {
+    let Carried {
         started,
         target,
         revision,
         mut lease,
         bytes,
         head,
+        ..
     } = upgrade;
     let (request, span) = match upstream_head(
         gateway,

@@ -664,22 +664,31 @@ where
     (addr, rx)
 }
 
+/// Read one request head, byte by byte (nothing past it); `None` when the connection ends.
+async fn read_head(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        match s.read(&mut b).await {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
+
 /// A raw upstream: reads request heads, records them, and writes `reply` as `conns` says.
 async fn raw_app(
     reply: &'static [u8],
     conns: Conns,
 ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     raw_server(move |mut s, tx| async move {
         for n in 0.. {
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut b = [0u8; 1];
-                match s.read(&mut b).await {
-                    Ok(1) => head.push(b[0]),
-                    _ => return,
-                }
-            }
+            let Some(head) = read_head(&mut s).await else {
+                return;
+            };
             let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
             if matches!(conns, Conns::DropSecondRequest) && n == 1 {
                 return;
@@ -786,14 +795,9 @@ async fn shapes_app() -> (SocketAddr, Arc<AtomicUsize>) {
         count.fetch_add(1, Ordering::SeqCst);
         async move {
             loop {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    let mut b = [0u8; 1];
-                    match s.read(&mut b).await {
-                        Ok(1) => head.push(b[0]),
-                        _ => return,
-                    }
-                }
+                let Some(head) = read_head(&mut s).await else {
+                    return;
+                };
                 let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
                 let len: usize = head
                     .lines()
