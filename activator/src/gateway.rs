@@ -200,6 +200,28 @@ pub(crate) fn start_span(
 }
 
 impl Gateway {
+    /// Account for a request that ended with `status` (0: no response): its metrics, and its
+    /// span when tracing is on.
+    pub(crate) fn finished(
+        &self,
+        target: &Target,
+        rev: &RevisionState,
+        started: Instant,
+        span: Option<ebb_traces::Span>,
+        status: u16,
+    ) {
+        self.metrics.request(
+            &rev.namespace,
+            &target.route,
+            &rev.name,
+            status,
+            started.elapsed(),
+        );
+        if let Some(span) = span {
+            ebb_traces::Traces::finish(span, status);
+        }
+    }
+
     /// An instance of `rev` for a request that arrived at `started` and holds `bytes` while it
     /// waits: at once when one has room, else after waiting in the revision's queue (poking
     /// the autoscaler when there is no instance at all). Refused with 503 when the queue is
@@ -417,14 +439,8 @@ impl ProxyHttp for Gateway {
         ctx.lease = None;
         if let (Some(rev), Some(target)) = (&ctx.revision, &ctx.target) {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
-            let took = ctx
-                .started
-                .map_or(std::time::Duration::ZERO, |s| s.elapsed());
-            self.metrics
-                .request(&rev.namespace, &target.route, &rev.name, status, took);
-            if let Some(span) = ctx.span.take() {
-                ebb_traces::Traces::finish(span, status);
-            }
+            let started = ctx.started.unwrap_or_else(Instant::now);
+            self.finished(target, rev, started, ctx.span.take(), status);
         }
     }
 }

@@ -141,16 +141,7 @@ pub async fn proxy(
     let (status, reusable) = exchange
         .run(&mut stream, &mut next, &prepared.upstream, closing, lease)
         .await;
-    gateway.metrics.request(
-        &revision.namespace,
-        &target.route,
-        &revision.name,
-        status,
-        started.elapsed(),
-    );
-    if let Some(span) = prepared.span {
-        ebb_traces::Traces::finish(span, status);
-    }
+    gateway.finished(&target, &revision, started, prepared.span, status);
     if !reusable || closing || *shutdown.borrow() {
         return None;
     }

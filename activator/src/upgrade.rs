@@ -77,7 +77,7 @@ pub async fn tunnel(
         Ok(r) => r,
         Err(reason) => {
             refuse(&mut client, 400, &reason).await;
-            finish(gateway, &target, &revision, started, None, 400);
+            gateway.finished(&target, &revision, started, None, 400);
             return;
         }
     };
@@ -100,7 +100,7 @@ pub async fn tunnel(
                     Ok(l) => lease = l,
                     Err((code, reason)) => {
                         refuse(&mut client, code, &reason).await;
-                        finish(gateway, &target, &revision, started, span, code);
+                        gateway.finished(&target, &revision, started, span, code);
                         return;
                     }
                 }
@@ -109,27 +109,7 @@ pub async fn tunnel(
     };
     let status = exchange(&mut client, &mut upstream, &request, &bytes[head..]).await;
     drop(lease);
-    finish(gateway, &target, &revision, started, span, status);
-}
-
-fn finish(
-    gateway: &Gateway,
-    target: &Target,
-    revision: &RevisionState,
-    started: Instant,
-    span: Option<ebb_traces::Span>,
-    status: u16,
-) {
-    gateway.metrics.request(
-        &revision.namespace,
-        &target.route,
-        &revision.name,
-        status,
-        started.elapsed(),
-    );
-    if let Some(span) = span {
-        ebb_traces::Traces::finish(span, status);
-    }
+    gateway.finished(&target, &revision, started, span, status);
 }
 
 /// The request head as the instance gets it, and the request's span when tracing is on.
