@@ -1,19 +1,23 @@
-//! Admission: the part of the HTTP/1 request path that runs before pingora.
+//! Admission: the first step of every HTTP/1 request, before any byte goes to an instance.
 //!
-//! Each request head is read here, routed, and given an instance — waiting in its revision's
-//! queue while there is none — before pingora builds its per-request state. Pingora's session
-//! for one request costs about 18 KiB (a 4 KiB read buffer, its boxed request future, parsed
-//! headers); a request held here while its revision wakes from zero costs its head bytes, a
-//! queue place and this connection's task. Idle keep-alive connections wait here too.
+//! Each request head is read here and checked by [`http1::head`] (Host, target form, framing,
+//! expectations, upgrades): a head that breaks a rule is refused with a 400/405/417/431/501
+//! naming the field and the rule, and the connection closed. A valid one is routed (Host or
+//! an absolute target's authority, and `Knative-Serving-Tag`; 404 naming the host when no route
+//! matches, 503 when the route has no revision) and given an instance — waiting in its
+//! revision's queue while there is none — before the gateway builds any per-request state. A
+//! request held here while its revision wakes from zero costs its head bytes, a queue place
+//! and this connection's task. Idle keep-alive connections wait here too.
 //!
-//! What cannot be decided here is left to pingora, which sees the same bytes: a head that does
-//! not parse (pingora answers 400), a host with no route (404), a route with no revision (503),
-//! and HTTP/2 with prior knowledge (its streams are routed one by one in `request_filter`).
+//! HTTP/2 with prior knowledge is recognised here and left to pingora whole (its streams are
+//! routed one by one in `request_filter`).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http1::Refusal;
+use http1::head::{BodyFraming, RequestHead};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::time::Sleep;
@@ -31,13 +35,6 @@ pub const KEEPALIVE: Duration = Duration::from_secs(60);
 /// First read buffer for a head; most heads fit.
 const HEAD_BUF: usize = 2048;
 
-/// Past this many bytes without a complete head, pingora reads the rest (and applies its own
-/// limit).
-const MAX_HEAD: usize = 64 * 1024;
-
-/// Headers parsed here at most; a head with more is left to pingora.
-const MAX_HEADERS: usize = 128;
-
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -49,174 +46,30 @@ pub enum Admission {
     Closed,
     /// HTTP/2 with prior knowledge: the connection goes to pingora as a whole.
     H2,
-    /// Left to pingora to route or reject.
-    Pass,
+    /// Refused before an instance was chosen: a head that breaks a rule, a host with no route,
+    /// a route with nothing to send to.
+    Refused(Refusal),
     /// Routed, and given an instance or refused.
     Admitted(Admitted),
 }
 
-/// A routed request, handed to pingora as the connection's user context.
+/// A routed request.
 #[derive(Debug)]
 pub struct Admitted {
     /// When its head was complete: its deadline and latency count from here.
     pub started: Instant,
     pub target: Arc<Target>,
     pub revision: Arc<RevisionState>,
-    /// The instance to send it to, or the status and reason it is refused with.
-    pub lease: Result<Lease, (u16, String)>,
-    /// A plain request: see [`is_plain`].
-    pub plain: bool,
-    /// A websocket upgrade: see [`crate::upgrade::is_websocket`].
-    pub websocket: bool,
-    /// For plain requests and websocket upgrades, which the gateway carries itself: the bytes
-    /// read (the head, then anything after it), which — unlike other requests' — were not put
-    /// back in the stream, and the head's length.
-    pub bytes: Option<(Vec<u8>, usize)>,
-}
-
-/// A request the gateway carries itself, at the byte level: a plain request
-/// ([`crate::plain`]) or a websocket upgrade ([`crate::upgrade`]), leased to an HTTP/1
-/// instance.
-#[derive(Debug)]
-pub struct Carried {
-    pub started: Instant,
-    pub target: Arc<Target>,
-    pub revision: Arc<RevisionState>,
-    pub lease: Lease,
-    pub websocket: bool,
-    /// What admission read: the head (`head` bytes), then anything after it.
+    /// The instance to send it to, or why it is refused (503 queue full, 504 deadline).
+    pub lease: Result<Lease, Refusal>,
+    pub head: RequestHead,
+    /// What was read: the head (`head.len` bytes), then anything after it.
     pub bytes: Vec<u8>,
-    pub head: usize,
 }
 
-impl Admitted {
-    /// The request as one the gateway carries itself, or back as it was when pingora is to
-    /// proxy it (neither plain nor a websocket, refused, or for an h2c instance).
-    pub fn carried(self) -> Result<Carried, Admitted> {
-        match self {
-            Admitted {
-                started,
-                target,
-                revision,
-                lease: Ok(lease),
-                websocket,
-                bytes: Some((bytes, head)),
-                ..
-            } if !revision.h2c() => Ok(Carried {
-                started,
-                target,
-                revision,
-                lease,
-                websocket,
-                bytes,
-                head,
-            }),
-            other => Err(other),
-        }
-    }
-}
-
-/// Routing facts of one parsed head.
-struct Head<'a> {
-    host: &'a str,
-    tag: Option<&'a str>,
-    plain: bool,
-    websocket: bool,
-    len: usize,
-}
-
-/// Request bodies up to this size can take the plain path: read whole, then sent (they fit
-/// in the sockets' buffers, so an instance that answers before reading its body cannot stall
-/// the send), and kept for a resend when a pooled connection turns out to be closed — as
-/// pingora's proxy keeps up to 64 KiB of a body for its retries.
-pub const MAX_PLAIN_BODY: u64 = 64 * 1024;
-
-/// A plain request: HTTP/1.1; GET, HEAD, OPTIONS, POST, PUT, PATCH or DELETE; an origin-form
-/// target (a path, or `*`); no body or one sized by a single `Content-Length` of at most
-/// [`MAX_PLAIN_BODY`]; no upgrade, no `Expect`; a `Connection` header naming nothing but
-/// keep-alive or close. Nothing about it needs pingora's full proxy: it takes the short path
-/// in [`crate::plain`].
-fn is_plain(req: &httparse::Request<'_, '_>) -> bool {
-    if req.version != Some(1)
-        || !matches!(
-            req.method,
-            Some("GET" | "HEAD" | "OPTIONS" | "POST" | "PUT" | "PATCH" | "DELETE")
-        )
-        || !req.path.is_some_and(|p| p.starts_with('/') || p == "*")
-    {
-        return false;
-    }
-    let mut lengths = 0;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            lengths += 1;
-            let small = std::str::from_utf8(h.value.trim_ascii())
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .is_some_and(|n| n <= MAX_PLAIN_BODY);
-            if !small {
-                return false;
-            }
-        } else if name.eq_ignore_ascii_case("connection") {
-            let only_persistence = h.value.split(|b| *b == b',').all(|token| {
-                let token = token.trim_ascii();
-                token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close")
-            });
-            if !only_persistence {
-                return false;
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("upgrade")
-            || name.eq_ignore_ascii_case("expect")
-            || name.eq_ignore_ascii_case("http2-settings")
-        {
-            return false;
-        }
-    }
-    lengths <= 1
-}
-
-enum Parsed<'a> {
-    Complete(Option<Head<'a>>),
-    Partial,
-    Invalid,
-}
-
-fn parse(buf: &[u8]) -> Parsed<'_> {
-    // Uninitialised: zeroing the array for each head would cost more than parsing it.
-    let mut headers = [const { crate::h1::Uninit::uninit() }; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(buf, &mut headers) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Invalid,
-    };
-    let value = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-    };
-    // Requests without a Host header (absolute-form targets, HTTP/1.0) are routed by pingora,
-    // and CONNECT is refused by it (405) — neither should wait for, or wake, an instance here.
-    if req.method == Some("CONNECT") {
-        return Parsed::Complete(None);
-    }
-    Parsed::Complete(value("host").map(|host| Head {
-        host,
-        tag: value(wire::HEADER_TAG),
-        plain: is_plain(&req),
-        websocket: crate::upgrade::is_websocket(&req),
-        len,
-    }))
-}
-
-/// Read the next request head on `stream` and admit it. The bytes read are put back for pingora
-/// to read again. `idle` is the connection's keep-alive timer: one per connection, pushed back
-/// here for each request (pushing a timer later is an atomic store; arming a fresh one would
-/// wake the runtime's driver on every request).
+/// Read the next request head on `stream` and admit it. `idle` is the connection's keep-alive
+/// timer: one per connection, pushed back here for each request (pushing a timer later is an
+/// atomic store; arming a fresh one would wake the runtime's driver on every request).
 pub async fn admit(
     gateway: &Gateway,
     stream: &mut Buffered,
@@ -226,12 +79,8 @@ pub async fn admit(
 ) -> Admission {
     idle.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
     let mut buf = Vec::with_capacity(HEAD_BUF);
-    let (target, revision, plain, websocket, len) = loop {
+    let (target, revision, head) = loop {
         if buf.len() == buf.capacity() {
-            if buf.len() >= MAX_HEAD {
-                stream.rewind(&buf);
-                return Admission::Pass;
-            }
             buf.reserve(buf.len());
         }
         let read = if buf.is_empty() {
@@ -265,52 +114,54 @@ pub async fn admit(
                 return Admission::H2;
             }
         }
-        match parse(&buf) {
-            Parsed::Partial => continue,
-            Parsed::Invalid | Parsed::Complete(None) => {
-                stream.rewind(&buf);
-                return Admission::Pass;
-            }
-            Parsed::Complete(Some(head)) => {
-                let table = gateway.routes.borrow().clone();
-                let Some(target) = table.lookup(head.host, gateway.listener).cloned() else {
-                    stream.rewind(&buf);
-                    return Admission::Pass;
-                };
-                let Some(revision) = target.pick(head.tag, fastrand::u32(0..100)) else {
-                    stream.rewind(&buf);
-                    return Admission::Pass;
-                };
-                let revision = gateway.revisions.get(&target.namespace, revision);
-                break (target, revision, head.plain, head.websocket, head.len);
-            }
+        let head = match http1::head::parse(&buf) {
+            Ok(None) => continue,
+            Ok(Some(head)) => head,
+            Err(refusal) => return Admission::Refused(refusal),
+        };
+        if let Err(refusal) = check_early_body(&head, &buf) {
+            return Admission::Refused(refusal);
         }
+        let table = gateway.routes.borrow().clone();
+        let host = head.host(&buf);
+        let Some(target) = table.lookup(host, gateway.listener).cloned() else {
+            return Admission::Refused(Refusal::new(404, format!("no route for host {host:?}")));
+        };
+        let Some(revision) = target.pick(head.tag(&buf), fastrand::u32(0..100)) else {
+            return Admission::Refused(Refusal::unavailable(format!(
+                "route {} has no ready revision",
+                target.route
+            )));
+        };
+        let revision = gateway.revisions.get(&target.namespace, revision);
+        break (target, revision, head);
     };
     let started = Instant::now();
-    let held = buf.len();
-    let bytes = if plain || websocket {
-        // Carried by the gateway itself: it keeps what it read (at its size while it waits).
-        buf.shrink_to_fit();
-        Some((buf, len))
-    } else {
-        // Pingora reads the head from here; what waits is a copy of exactly its size.
-        stream.rewind(&buf);
-        drop(buf);
-        None
-    };
+    // Kept at its size while it waits.
+    buf.shrink_to_fit();
     revision
         .arrivals
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let lease = gateway.lease(&revision, started, held).await;
+    let lease = gateway.lease(&revision, started, buf.len()).await;
     Admission::Admitted(Admitted {
         started,
         target,
         revision,
         lease,
-        plain,
-        websocket,
-        bytes,
+        head,
+        bytes: buf,
     })
+}
+
+/// A chunked body's bytes that came with the head are checked at once: an error there is
+/// refused before the request waits for, or wakes, an instance.
+fn check_early_body(head: &RequestHead, buf: &[u8]) -> Result<(), Refusal> {
+    if head.body == BodyFraming::Chunked && buf.len() > head.len {
+        http1::chunked::Decoder::new()
+            .feed(&buf[head.len..])
+            .map_err(|e| Refusal::bad_request(e.to_string()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -318,60 +169,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_finds_host_and_tag_case_insensitively() {
-        let head = b"GET /x HTTP/1.1\r\nHOST: a.b\r\nknative-serving-tag: canary\r\n\r\n";
-        let Parsed::Complete(Some(h)) = parse(head) else {
-            panic!("complete head")
-        };
-        assert_eq!((h.host, h.tag), ("a.b", Some("canary")));
-        assert!(matches!(
-            parse(b"GET / HTTP/1.1\r\nHost: a"),
-            Parsed::Partial
-        ));
-        assert!(matches!(
-            parse(b"GET / HTTP/1.1\r\n\r\n"),
-            Parsed::Complete(None)
-        ));
-        assert!(matches!(
-            parse(b"CONNECT a.b:443 HTTP/1.1\r\nHost: a.b\r\n\r\n"),
-            Parsed::Complete(None)
-        ));
-        assert!(matches!(
-            parse(b"\x16\x03\x01garbage\r\n\r\n"),
-            Parsed::Invalid
-        ));
-    }
-
-    #[test]
-    fn plain_requests_are_http11_with_small_sized_bodies_and_no_upgrade() {
-        let plain = |head: &str| match parse(head.as_bytes()) {
-            Parsed::Complete(Some(h)) => h.plain,
-            _ => panic!("complete head: {head:?}"),
-        };
-        assert!(plain("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(plain(
-            "HEAD / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, close\r\n\r\n"
-        ));
-        assert!(plain(
-            "OPTIONS * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
-        ));
-        assert!(plain(
-            "POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 65536\r\n\r\n"
-        ));
-        assert!(plain("DELETE /x HTTP/1.1\r\nHost: a\r\n\r\n"));
-        for head in [
-            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
-            "TRACE / HTTP/1.1\r\nHost: a\r\n\r\n",
-            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 65537\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-secret\r\n\r\n",
-        ] {
-            assert!(!plain(head), "{head:?}");
+    fn early_chunked_bytes_are_checked() {
+        let ok = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel";
+        let bad = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello";
+        for (buf, good) in [(&ok[..], true), (&bad[..], false)] {
+            let head = http1::head::parse(buf)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("a complete head"));
+            assert_eq!(check_early_body(&head, buf).is_ok(), good);
         }
     }
 }

@@ -1,14 +1,15 @@
-//! The gateway proper: pingora's proxy with Ebb's routing and throttling, embedded in our own
-//! Tokio runtime (we run the accept loop; pingora handles each connection, except the plain
-//! requests and websocket upgrades the gateway carries itself: [`crate::plain`],
-//! [`crate::upgrade`]).
+//! The gateway proper: our own accept loop and connection loop in our own Tokio runtime.
 //!
-//! Per request: route by Host and `Knative-Serving-Tag` and take a lease on an instance,
-//! waiting in the revision's queue up to its timeout (503 with Retry-After when the queue is
-//! full, 504 past the deadline) — for HTTP/1 in [`crate::admission`], before pingora, so that a
-//! held request is cheap; then strip internal headers (a client cannot pick a revision); 404
-//! naming the host when nothing matches; mark the request as proxied; on a failed connect
-//! (nothing was sent) take that instance out of rotation and choose again.
+//! Per connection: each HTTP/1 request is admitted ([`crate::admission`]: head checked,
+//! routed by Host and `Knative-Serving-Tag`, given a lease on an instance — waiting in the
+//! revision's queue up to its timeout, 503 with Retry-After when the queue is full, 504 past
+//! the deadline), then carried at the byte level ([`crate::plain`], websockets by
+//! [`crate::upgrade`]). Pingora's proxy carries HTTP/2: clients speaking it with prior
+//! knowledge (each stream routed in `request_filter`) and revisions whose instances speak
+//! h2c. Every answer the gateway gives itself is one [`Refusal`], rendered as bytes on the
+//! byte-level paths and as a pingora header on pingora's. Internal headers are stripped (a
+//! client cannot pick a revision); on a failed connect (nothing was sent) the instance leaves
+//! the rotation and another is chosen.
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -25,6 +26,11 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use http1::Refusal;
+use http1::head::{RequestHead, Upgrade};
+use http1::relay::refuse;
+use http1::upstream::{Request, forwarded_for};
 
 use crate::admission::{Admission, Admitted, KEEPALIVE, admit};
 use crate::buffered::Buffered;
@@ -61,8 +67,8 @@ pub struct Ctx {
     started: Option<Instant>,
     revision: Option<Arc<RevisionState>>,
     lease: Option<Lease>,
-    /// Set for errors we classify ourselves (status, reason).
-    refusal: Option<(u16, String)>,
+    /// Set for errors we classify ourselves.
+    refusal: Option<Refusal>,
     target: Option<Arc<Target>>,
     /// Routed (and leased or refused) by admission: not routed again.
     admitted: bool,
@@ -78,30 +84,88 @@ fn host_of(req: &RequestHeader) -> String {
         .unwrap_or_default()
 }
 
-/// The gateway's own answer: `reason` as a short plain-text body; 503s ask the client to retry
-/// after a second.
-pub(crate) fn error_response(
-    status: u16,
-    reason: &str,
-    retry_after: bool,
-) -> Option<(Box<ResponseHeader>, Bytes)> {
-    let mut resp = ResponseHeader::build(status, Some(3)).ok()?;
-    let body = Bytes::from(format!("{reason}\n"));
-    let _ = resp.insert_header("content-type", "text/plain; charset=utf-8");
-    let _ = resp.insert_header("content-length", body.len().to_string());
-    if retry_after {
-        let _ = resp.insert_header("retry-after", "1");
+/// A refusal as pingora's response head and body.
+pub(crate) fn pingora_answer(refusal: &Refusal) -> Option<(Box<ResponseHeader>, Bytes)> {
+    let mut resp = ResponseHeader::build(refusal.status, Some(4)).ok()?;
+    for (name, value) in refusal.fields() {
+        // Pingora decides its connection's persistence itself (`set_keepalive`).
+        if name != "connection" {
+            let _ = resp.insert_header(name, value);
+        }
     }
-    Some((Box::new(resp), body))
+    Some((Box::new(resp), Bytes::from(refusal.body())))
 }
 
-async fn respond(session: &mut Session, status: u16, reason: &str, retry_after: bool) {
-    let Some((resp, body)) = error_response(status, reason, retry_after) else {
+async fn respond(session: &mut Session, refusal: &Refusal) {
+    let Some((resp, body)) = pingora_answer(refusal) else {
         return;
     };
+    // The connection is closed after the gateway's own answers, as on the byte-level paths.
+    session.set_keepalive(None);
     if session.write_response_header(resp, false).await.is_ok() {
         let _ = session.write_response_body(Some(body), true).await;
     }
+}
+
+/// How long connecting to an instance may take (the same as pingora's peers here).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A new connection to an instance, for the byte-level paths.
+pub async fn connect(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let connecting = tokio::net::TcpStream::connect(addr);
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// A request the gateway carries, leased to an instance.
+#[derive(Debug)]
+pub struct Carried {
+    pub started: Instant,
+    pub target: Arc<Target>,
+    pub revision: Arc<RevisionState>,
+    pub lease: Lease,
+    pub head: RequestHead,
+    /// What admission read: the head (`head.len` bytes), then anything after it.
+    pub bytes: Vec<u8>,
+}
+
+/// Start a byte-level request's span (as of its arrival at `started`) when tracing is on;
+/// returns it with the trace fields the instance gets in place of the client's.
+pub(crate) fn span_for(
+    gateway: &Gateway,
+    req: &Request<'_, '_>,
+    target: &Target,
+    revision: &RevisionState,
+    started: Instant,
+) -> (Option<ebb_traces::Span>, http::HeaderMap) {
+    let Some(traces) = gateway.traces.as_deref() else {
+        return (None, http::HeaderMap::new());
+    };
+    let mut map = http::HeaderMap::new();
+    for h in req.headers {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(h.name.as_bytes()),
+            http::HeaderValue::from_bytes(h.value),
+        ) {
+            map.append(n, v);
+        }
+    }
+    let since = std::time::SystemTime::now() - started.elapsed();
+    let (span, next) = traces.start_at(
+        &map,
+        req.method,
+        req.path(),
+        vec![
+            ebb_traces::KeyValue::new("k8s.namespace.name", revision.namespace.clone()),
+            ebb_traces::KeyValue::new("knative.route", target.route.clone()),
+            ebb_traces::KeyValue::new("knative.revision", revision.name.clone()),
+        ],
+        since,
+    );
+    (Some(span), next)
 }
 
 /// The instance a lease points at, as pingora's upstream peer.
@@ -124,31 +188,6 @@ pub(crate) fn held_bytes(req: &RequestHeader) -> usize {
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
         + req.uri.path_and_query().map_or(0, |p| p.as_str().len())
-}
-
-/// Not forwarded to an instance, as pingora's default upstream request policy has it: the
-/// hop-by-hop headers, and the upgrade fields (a websocket upgrade restores its own).
-pub(crate) fn hop_by_hop(name: &str) -> bool {
-    wire::HOP_BY_HOP
-        .iter()
-        .chain(&["upgrade", "http2-settings"])
-        .any(|h| name.eq_ignore_ascii_case(h))
-}
-
-/// The client in `Forwarded` and `X-Forwarded-For`, appended to what earlier proxies wrote
-/// (`prior_forwarded`, `prior_xff`).
-pub(crate) fn forwarded_for(
-    ip: std::net::IpAddr,
-    prior_forwarded: Option<&str>,
-    prior_xff: Option<&str>,
-) -> (String, String) {
-    let ours = match ip {
-        std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
-        std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
-    };
-    let forwarded = prior_forwarded.map_or(ours.clone(), |p| format!("{p}, {ours}"));
-    let xff = prior_xff.map_or(ip.to_string(), |p| format!("{p}, {ip}"));
-    (forwarded, xff)
 }
 
 /// What every request to an instance carries: `K-Proxy-Request: activator`, and the client in
@@ -231,7 +270,7 @@ impl Gateway {
         rev: &RevisionState,
         started: Instant,
         bytes: usize,
-    ) -> std::result::Result<Lease, (u16, String)> {
+    ) -> std::result::Result<Lease, Refusal> {
         let deadline = started + rev.timeout();
         let throttler = &rev.throttler;
         if throttler.endpoints() == 0 {
@@ -243,15 +282,12 @@ impl Gateway {
             .waited(&rev.namespace, &rev.name, waiting.elapsed());
         match acquired {
             Ok(Ok(lease)) => Ok(lease),
-            Ok(Err(refused)) => Err((503, refused.to_string())),
-            Err(_) => Err((
-                504,
-                format!(
-                    "timeout: no instance of revision {} became available within {:?}",
-                    rev.name,
-                    rev.timeout()
-                ),
-            )),
+            Ok(Err(refused)) => Err(Refusal::unavailable(refused.to_string())),
+            Err(_) => Err(Refusal::timeout(format!(
+                "timeout: no instance of revision {} became available within {:?}",
+                rev.name,
+                rev.timeout()
+            ))),
         }
     }
 }
@@ -269,17 +305,16 @@ impl Gateway {
             .map(str::to_string);
         let table = self.routes.borrow().clone();
         let Some(target) = table.lookup(&host, self.listener) else {
-            respond(session, 404, &format!("no route for host {host:?}"), false).await;
+            respond(
+                session,
+                &Refusal::new(404, format!("no route for host {host:?}")),
+            )
+            .await;
             return Ok(());
         };
         let Some(revision) = target.pick(tag.as_deref(), fastrand::u32(0..100)) else {
-            respond(
-                session,
-                503,
-                &format!("route {} has no ready revision", target.route),
-                true,
-            )
-            .await;
+            let reason = format!("route {} has no ready revision", target.route);
+            respond(session, &Refusal::unavailable(reason)).await;
             return Ok(());
         };
         let rev = self.revisions.get(&target.namespace, revision);
@@ -302,28 +337,26 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Admission hands its decision over as the connection's user context.
+    /// Admission hands its decision over as the connection's user context (an HTTP/1
+    /// request for a revision whose instances speak h2c).
     fn on_connection_reuse(
         &self,
         _session: &mut Session,
         ctx: &mut Ctx,
         prev: Box<dyn Any + Send + Sync>,
     ) {
-        if let Ok(a) = prev.downcast::<Admitted>() {
-            let Admitted {
+        if let Ok(c) = prev.downcast::<Carried>() {
+            let Carried {
                 started,
                 target,
                 revision,
                 lease,
                 ..
-            } = *a;
+            } = *c;
             ctx.started = Some(started);
             ctx.target = Some(target);
             ctx.revision = Some(revision);
-            match lease {
-                Ok(lease) => ctx.lease = Some(lease),
-                Err(refusal) => ctx.refusal = Some(refusal),
-            }
+            ctx.lease = Some(lease);
             ctx.admitted = true;
         }
     }
@@ -352,8 +385,11 @@ impl ProxyHttp for Gateway {
         let Some(rev) = ctx.revision.clone() else {
             return Error::e_explain(ErrorType::InternalError, "no revision chosen");
         };
-        if let Some((code, reason)) = &ctx.refusal {
-            return Error::e_explain(ErrorType::HTTPStatus(*code), reason.clone());
+        if let Some(refusal) = &ctx.refusal {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(refusal.status),
+                refusal.reason.clone(),
+            );
         }
         // Admission's lease, or the one kept from an attempt that failed after connecting;
         // else (HTTP/2 streams, heads left to pingora, a retry after a failed connect) wait here.
@@ -364,9 +400,13 @@ impl ProxyHttp for Gateway {
                 let started = ctx.started.unwrap_or_else(Instant::now);
                 match self.lease(&rev, started, bytes).await {
                     Ok(lease) => lease,
-                    Err((code, reason)) => {
-                        ctx.refusal = Some((code, reason.clone()));
-                        return Error::e_explain(ErrorType::HTTPStatus(code), reason);
+                    Err(refusal) => {
+                        let e = Error::explain(
+                            ErrorType::HTTPStatus(refusal.status),
+                            refusal.reason.clone(),
+                        );
+                        ctx.refusal = Some(refusal);
+                        return Err(e);
                     }
                 }
             }
@@ -405,28 +445,33 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         ctx.lease = None;
-        let (code, reason) = match ctx.refusal.take() {
-            Some(r) => r,
+        let refusal = match ctx.refusal.take() {
+            Some(r) => Some(r),
             None => match e.etype() {
-                ErrorType::HTTPStatus(c) => (*c, e.to_string()),
+                ErrorType::HTTPStatus(c) => Some(Refusal::new(*c, e.to_string())),
                 ErrorType::ConnectTimedout
                 | ErrorType::ConnectRefused
-                | ErrorType::ConnectError => (502, format!("cannot reach an instance: {e}")),
+                | ErrorType::ConnectError => Some(Refusal::bad_gateway(format!(
+                    "cannot reach an instance: {e}"
+                ))),
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                    (504, format!("timeout: {e}"))
+                    Some(Refusal::timeout(format!("timeout: {e}")))
                 }
                 _ => match e.esource() {
-                    pingora_error::ErrorSource::Upstream => (502, format!("instance failed: {e}")),
-                    pingora_error::ErrorSource::Downstream => (0, String::new()),
-                    _ => (500, e.to_string()),
+                    pingora_error::ErrorSource::Upstream => {
+                        Some(Refusal::bad_gateway(format!("instance failed: {e}")))
+                    }
+                    // The client went away: nobody to answer.
+                    pingora_error::ErrorSource::Downstream => None,
+                    _ => Some(Refusal::new(500, e.to_string())),
                 },
             },
         };
-        if code > 0 {
-            // The connection is closed after this answer: say so in it, or a client reusing
-            // the connection meanwhile loses its next request to the close.
-            session.set_keepalive(None);
-            respond(session, code, &reason, code == 503).await;
+        let code = refusal.as_ref().map_or(0, |r| r.status);
+        if let Some(refusal) = refusal {
+            // The connection is closed after this answer, which says so: a client reusing
+            // the connection meanwhile would lose its next request to the close.
+            respond(session, &refusal).await;
         }
         FailToProxy {
             error_code: code,
@@ -475,25 +520,21 @@ pub async fn serve_with_grace(
     // Plain requests' own pool of instance connections (pingora's proxy keeps its own).
     let pool = Arc::new(Pool::default());
     Pool::keep_swept(&pool);
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let open = Arc::new(Open::default());
     let mut stop = shutdown.clone();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, peer)) = accepted else {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                };
+            (tcp, peer) = http1::accept::accept(&listener) => {
                 let _ = tcp.set_nodelay(true);
                 let proxy = proxy.clone();
                 let shutdown = shutdown.clone();
-                let open = open.clone();
-                open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Counted until the task ends, however it ends (a panic included).
+                let open = Open::enter(&open);
                 let gateway = gateway.clone();
                 let pool = pool.clone();
                 tokio::spawn(async move {
+                    let _open = open;
                     connection(&proxy, &gateway, &pool, tcp, peer, &shutdown).await;
-                    open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
@@ -506,15 +547,54 @@ pub async fn serve_with_grace(
         use pingora_core::apps::HttpServerApp;
         proxy.http_cleanup().await;
     }
-    let deadline = Instant::now() + grace;
-    while open.load(std::sync::atomic::Ordering::SeqCst) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let _ = tokio::time::timeout(grace, open.drained()).await;
+}
+
+/// Connections being served, for the drain.
+#[derive(Debug, Default)]
+struct Open {
+    count: std::sync::atomic::AtomicUsize,
+    gone: tokio::sync::Notify,
+}
+
+/// One counted connection; dropping it (the task ended, returned or panicked) uncounts it.
+#[derive(Debug)]
+struct OpenGuard(Arc<Open>);
+
+impl Open {
+    fn enter(open: &Arc<Open>) -> OpenGuard {
+        open.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenGuard(open.clone())
+    }
+
+    /// Until no connection is open.
+    async fn drained(&self) {
+        loop {
+            let gone = self.gone.notified();
+            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            gone.await;
+        }
     }
 }
 
-/// One downstream connection: each HTTP/1 request is admitted (read, routed, given an
-/// instance), then proxied on the short path when it is plain and has an HTTP/1 instance, by
-/// pingora's proxy otherwise; HTTP/2 goes to pingora whole.
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.gone.notify_waiters();
+        }
+    }
+}
+
+/// One downstream connection: each HTTP/1 request is admitted (read, checked, routed, given
+/// an instance, or refused), then carried at the byte level — by pingora's proxy only for a
+/// revision whose instances speak h2c; HTTP/2 goes to pingora whole.
 ///
 /// This future is what an idle or held connection costs, so pingora's large values (its
 /// stream setup, its session) are built in plain functions and never live in it.
@@ -529,55 +609,71 @@ async fn connection(
     use pingora_core::apps::ServerApp;
 
     let mut stream = downstream(tcp, peer);
-    let client = crate::h1::ClientHeaders::new(Some(peer));
+    let client = http1::upstream::ClientHeaders::new(Some(peer));
     let h2c = proxy.server_options.as_ref().is_some_and(|o| o.h2c);
     let idle = tokio::time::sleep(KEEPALIVE);
     tokio::pin!(idle);
     loop {
-        let admitted = match admit(gateway, &mut stream, idle.as_mut(), shutdown, h2c).await {
+        let Admitted {
+            started,
+            target,
+            revision,
+            lease,
+            head,
+            bytes,
+        } = match admit(gateway, &mut stream, idle.as_mut(), shutdown, h2c).await {
             Admission::Closed => return,
             Admission::H2 => {
                 let _ = proxy.process_new(Box::new(stream), shutdown).await;
                 return;
             }
-            Admission::Pass => None,
-            Admission::Admitted(admitted) => match admitted.carried() {
-                Ok(upgrade) if upgrade.websocket => {
-                    Box::pin(crate::upgrade::tunnel(gateway, stream, upgrade, &client)).await;
-                    return;
-                }
-                Ok(request) => {
-                    // Boxed: the exchange's state (several KiB) exists only while it runs,
-                    // never while the connection waits.
-                    let exchange =
-                        crate::plain::proxy(gateway, pool, stream, request, &client, shutdown);
-                    match Box::pin(exchange).await {
-                        Some(s) if !*shutdown.borrow() => {
-                            stream = s;
-                            continue;
-                        }
-                        _ => return,
-                    }
-                }
-                Err(mut a) => {
-                    // A request that pingora proxies after all (refused, or for an HTTP/2
-                    // instance) reads its head from the stream like any other.
-                    if let Some((bytes, _)) = a.bytes.take() {
-                        stream.rewind(&bytes);
-                    }
-                    Some(a)
-                }
-            },
+            Admission::Refused(refusal) => {
+                refuse(&mut stream, &refusal).await;
+                return;
+            }
+            Admission::Admitted(admitted) => admitted,
         };
-        let Some(reused) = http1(proxy, stream, admitted, shutdown).await else {
-            return;
+        let lease = match lease {
+            Ok(lease) => lease,
+            Err(refusal) => {
+                refuse(&mut stream, &refusal).await;
+                gateway.finished(&target, &revision, started, None, refusal.status);
+                return;
+            }
         };
-        if *shutdown.borrow() {
+        let carried = Carried {
+            started,
+            target,
+            revision,
+            lease,
+            head,
+            bytes,
+        };
+        if carried.revision.h2c() {
+            // Pingora speaks HTTP/2 to the instance; it reads the head again from the stream.
+            stream.rewind(&carried.bytes);
+            let Some(reused) = http1(proxy, stream, carried, shutdown).await else {
+                return;
+            };
+            if *shutdown.borrow() {
+                return;
+            }
+            match reused.consume().0.into_any().downcast::<Buffered>() {
+                Ok(b) => stream = *b,
+                Err(_) => return,
+            }
+            continue;
+        }
+        if carried.head.upgrade == Upgrade::Websocket {
+            Box::pin(crate::upgrade::tunnel(gateway, stream, carried, &client)).await;
             return;
         }
-        match reused.consume().0.into_any().downcast::<Buffered>() {
-            Ok(b) => stream = *b,
-            Err(_) => return,
+        // Boxed: the exchange's state (several KiB) exists only while it runs, never while
+        // the connection waits.
+        let exchange = crate::plain::proxy(gateway, pool, stream, carried, &client, shutdown);
+        match Box::pin(exchange).await {
+            Some(s) if !*shutdown.borrow() => stream = s,
+            _ => return,
         }
     }
 }
@@ -600,7 +696,7 @@ fn downstream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Buffered {
 fn http1<'a>(
     proxy: &'a Arc<HttpProxy<Gateway>>,
     stream: Buffered,
-    admitted: Option<Admitted>,
+    carried: Carried,
     shutdown: &'a watch::Receiver<bool>,
 ) -> std::pin::Pin<Box<dyn Future<Output = Option<pingora_core::apps::ReusedHttpStream>> + Send + 'a>>
 {
@@ -610,15 +706,31 @@ fn http1<'a>(
     let mut session = ServerSession::new_http1(Box::new(stream));
     // Keep-alive until shutdown, as pingora's own loop does.
     session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE.as_secs()));
-    session.set_connection_user_context(
-        admitted.map(|a| -> Box<dyn Any + Send + Sync> { Box::new(a) }),
-    );
+    session.set_connection_user_context(Some(Box::new(carried)));
     proxy.process_new_http(session, shutdown)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection task that panics still leaves the drain's count: shutdown does not wait
+    /// the whole grace for it.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_connection_does_not_stall_the_drain() {
+        let open = Arc::new(Open::default());
+        let guard = Open::enter(&open);
+        let task = tokio::spawn(async move {
+            let _open = guard;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            panic!("a bug in a connection task");
+        });
+        let start = tokio::time::Instant::now();
+        let drained = tokio::time::timeout(DEFAULT_GRACE, open.drained()).await;
+        assert!(drained.is_ok(), "the drain waited for a task that had died");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert!(task.await.is_err_and(|e| e.is_panic()));
+    }
 
     /// A connection waiting in admission — idle between requests or held while its revision
     /// wakes — costs this future (plus its head bytes and a queue place). Pingora's

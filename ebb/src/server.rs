@@ -371,10 +371,7 @@ struct Api {
 
 async fn serve_api(listener: TcpListener, api: Arc<Api>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
+        let (stream, _) = http1::accept::accept(&listener).await;
         let api = api.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {

@@ -238,10 +238,7 @@ pub async fn serve_intake(
     leader: watch::Receiver<bool>,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            continue;
-        };
+        let (stream, _) = http1::accept::accept(&listener).await;
         let (handle, metrics, leader) = (handle.clone(), metrics.clone(), leader.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {

@@ -202,6 +202,23 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             })
 }
 
+/// Why an HTTP/1 request breaks a rule of [`http1::head::check`], if it does.
+fn refused(req: &Request<Incoming>) -> Option<http1::Refusal> {
+    let version = match req.version() {
+        Version::HTTP_10 | Version::HTTP_09 => http1::head::Version::Http10,
+        Version::HTTP_11 => http1::head::Version::Http11,
+        // HTTP/2 carries the authority and the framing in its own frames.
+        _ => return None,
+    };
+    // (hyper's field iterator cannot be cloned; the check walks the fields more than once.)
+    let fields: Vec<(&str, &[u8])> = req
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect();
+    http1::head::check(req.method(), version, fields.iter().copied()).err()
+}
+
 /// RFC 7239 `for=` value: IPv6 addresses are quoted and bracketed.
 fn forwarded_for(ip: std::net::IpAddr) -> String {
     match ip {
@@ -247,6 +264,20 @@ pub async fn handle(
     mut req: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<ProxyBody> {
+    // 0. The HTTP/1 rules hyper does not apply itself (one Host, no Content-Length beside
+    //    Transfer-Encoding, only chunked, only 100-continue, no CONNECT): the same check as
+    //    the gateway's, so that a request reaching the queue-proxy directly (from inside the
+    //    cluster) meets the same edge.
+    if let Some(refusal) = refused(&req) {
+        let mut r = error(
+            StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST),
+            refusal.reason,
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+
     // 1. Probes.
     if let Some(p) = req.headers().get(wire::HEADER_NETWORK_PROBE) {
         if !shared.is_ready() && !shared.drain.is_draining() {
@@ -473,6 +504,14 @@ pub async fn handle(
     // 7. Stream the response back.
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
+    if upgrade {
+        // The app refused the switch. Bytes the client sent after its request were meant for
+        // the new protocol; hyper would read them as the next request (one nobody routed or
+        // counted), so the connection ends with this response instead.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let body = Tracked::new(body, deadline, shared.cfg.idle_timeout, guard);
     Response::from_parts(parts, body.boxed_unsync())
 }

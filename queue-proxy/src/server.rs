@@ -48,16 +48,8 @@ where
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, remote) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
+            // Out of file descriptors and the like: backs off instead of spinning.
+            (stream, remote) = http1::accept::accept(&listener) => {
                 let _ = stream.set_nodelay(true);
                 let h = handler.clone();
                 let svc = service_fn(move |req| {

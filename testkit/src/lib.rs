@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 pub mod fake_api;
+pub mod raw;
 
 pub type AppBody = BoxBody<Bytes, std::io::Error>;
 

@@ -130,9 +130,7 @@ async fn serve_metrics(
     revisions: Arc<Revisions>,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, _) = http1::accept::accept(&listener).await;
         let (metrics, revisions) = (metrics.clone(), revisions.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(

@@ -95,9 +95,7 @@ async fn run_controller() -> anyhow::Result<()> {
     println!("ebb-controller {pod}: health on {}", listener.local_addr()?);
     let health = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+            let (stream, _) = http1::accept::accept(&listener).await;
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|_req| async {
                     Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
