@@ -64,8 +64,7 @@ async fn hyper_server(bytes: Vec<u8>) -> Vec<(String, Option<Vec<u8>>)> {
         tokio::join!(conn, feed)
     })
     .await;
-    let out = seen.lock().unwrap().clone();
-    out
+    seen.lock().unwrap().clone()
 }
 
 /// What this crate makes of `bytes` as one request and what follows it: `Some((body, rest))`
