@@ -125,6 +125,9 @@ pub async fn admit(
         let table = gateway.routes.borrow().clone();
         let host = head.host(&buf);
         let Some(target) = table.lookup(host, gateway.listener).cloned() else {
+            if let Some(why) = table.broken(host) {
+                return Admission::Refused(Refusal::new(500, why.to_string()));
+            }
             return Admission::Refused(Refusal::new(404, format!("no route for host {host:?}")));
         };
         let Some(revision) = target.pick(head.tag(&buf), fastrand::u32(0..100)) else {
@@ -134,6 +137,9 @@ pub async fn admit(
             )));
         };
         let revision = gateway.revisions.get(&target.namespace, revision);
+        if let Some(why) = revision.broken() {
+            return Admission::Refused(Refusal::new(500, why));
+        }
         break (target, revision, head);
     };
     let started = Instant::now();

@@ -305,11 +305,11 @@ impl Gateway {
             .map(str::to_string);
         let table = self.routes.borrow().clone();
         let Some(target) = table.lookup(&host, self.listener) else {
-            respond(
-                session,
-                &Refusal::new(404, format!("no route for host {host:?}")),
-            )
-            .await;
+            let refusal = match table.broken(&host) {
+                Some(why) => Refusal::new(500, why),
+                None => Refusal::new(404, format!("no route for host {host:?}")),
+            };
+            respond(session, &refusal).await;
             return Ok(());
         };
         let Some(revision) = target.pick(tag.as_deref(), fastrand::u32(0..100)) else {
@@ -318,6 +318,10 @@ impl Gateway {
             return Ok(());
         };
         let rev = self.revisions.get(&target.namespace, revision);
+        if let Some(why) = rev.broken() {
+            respond(session, &Refusal::new(500, why)).await;
+            return Ok(());
+        }
         rev.arrivals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ctx.revision = Some(rev);

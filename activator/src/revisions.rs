@@ -23,6 +23,9 @@ pub struct RevisionState {
     pub arrivals: std::sync::atomic::AtomicU64,
     /// Instances announced by the backend and those that answered a probe.
     pub(crate) candidates: crate::probe::SharedCandidates,
+    /// Why the revision cannot be served (its record is damaged): its requests are answered
+    /// 500 at once instead of waiting for instances that will never come.
+    broken: RwLock<Option<String>>,
 }
 
 impl RevisionState {
@@ -31,6 +34,18 @@ impl RevisionState {
     }
     pub fn h2c(&self) -> bool {
         self.h2c.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why the revision cannot be served, if it cannot.
+    pub fn broken(&self) -> Option<String> {
+        self.broken
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_broken(&self, reason: Option<String>) {
+        *self.broken.write().unwrap_or_else(|p| p.into_inner()) = reason;
     }
 }
 
@@ -92,6 +107,7 @@ impl Revisions {
                     h2c: s.h2c.into(),
                     arrivals: 0.into(),
                     candidates: Default::default(),
+                    broken: RwLock::new(None),
                 })
             })
             .clone()

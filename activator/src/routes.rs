@@ -67,6 +67,9 @@ struct HostEntry {
 #[derive(Clone, Debug, Default)]
 pub struct RoutingTable {
     hosts: HashMap<String, HostEntry>,
+    /// Hosts that cannot be served, and why (a route whose record is damaged): answered at
+    /// once with 500 instead of 404.
+    broken: HashMap<String, String>,
 }
 
 /// Lower-case, without port or trailing dot.
@@ -203,6 +206,19 @@ impl RoutingTable {
             self.hosts.get(&normalize_host(host))
         }?;
         (e.public || listener == Listener::Internal).then_some(&e.target)
+    }
+
+    /// Answer `host` with 500 and `reason` while no route serves it.
+    pub fn mark_broken(&mut self, host: &str, reason: String) {
+        let host = normalize_host(host);
+        if !self.hosts.contains_key(&host) {
+            self.broken.insert(host, reason);
+        }
+    }
+
+    /// Why `host` cannot be served, when it is marked broken.
+    pub fn broken(&self, host: &str) -> Option<&str> {
+        self.broken.get(&normalize_host(host)).map(String::as_str)
     }
 
     pub fn len(&self) -> usize {

@@ -57,6 +57,12 @@ pub enum Command {
     /// Create and update Services (kn's flags).
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// (Internal) started by `ebb local up`: stop its instances when it ends, even killed.
+    #[command(name = "__reap", hide = true)]
+    Reap {
+        #[arg(long, value_enum)]
+        runtime: RuntimeChoice,
+    },
     /// Print the logs of a Service's instances.
     Logs {
         service: String,
@@ -90,6 +96,10 @@ pub enum LocalCmd {
         /// How long shutdown waits for in-flight and queued requests.
         #[arg(long, default_value = "20s", value_parser = parse_duration)]
         grace: Duration,
+        /// Start over: delete the state directory's store (every Service, revision and route
+        /// in it) before starting. Needed when the store went missing or is damaged.
+        #[arg(long)]
+        reset: bool,
     },
     /// Show what runs: runtime, addresses, instances.
     Status,
@@ -235,6 +245,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             config,
             drain_quiet,
             grace,
+            reset,
         }) => {
             let settings = match &config {
                 Some(path) => Settings::from_yaml(
@@ -266,9 +277,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 backend,
                 settings,
                 drain_quiet,
+                reset,
                 grace,
             })
             .await?;
+            Ok(0)
+        }
+        Command::Reap { runtime } => {
+            let backend = if runtime == RuntimeChoice::Podman {
+                Backend::Podman
+            } else {
+                Backend::Process
+            };
+            crate::runtime::reap_when_parent_ends(&state, &backend);
             Ok(0)
         }
         Command::Local(LocalCmd::Status) => {

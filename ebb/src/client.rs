@@ -65,6 +65,10 @@ impl Client {
             .method(method)
             .uri(uri)
             .header(http::header::CONTENT_TYPE, "application/json")
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.endpoint.token),
+            )
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Other(e.to_string()))?;
         let resp = self

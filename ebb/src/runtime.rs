@@ -716,7 +716,8 @@ pub fn reap_orphans(state: &Path, backend: &Backend) -> usize {
     if *backend == Backend::Podman {
         // Containers outlive a killed `podman run` client.
         if let Ok(out) = std::process::Command::new("podman")
-            .args(["ps", "-aq", "--filter", "label=dev.ebb.instance"])
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label={}", state_label(state)))
             .output()
         {
             let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -733,6 +734,27 @@ pub fn reap_orphans(state: &Path, backend: &Backend) -> usize {
         }
     }
     reaped
+}
+
+/// The podman label naming the state directory whose ebb runs a container.
+fn state_label(state: &Path) -> String {
+    format!("dev.ebb.state={}", state.display())
+}
+
+/// Wait for `ebb local up` to end, however it ends, then stop what it left running.
+///
+/// `ebb local up` starts this (as `ebb __reap`, in its own process group so that a terminal's
+/// Ctrl-C does not reach it) with a pipe on its stdin, whose other end only `ebb` holds. The
+/// kernel closes that end when `ebb` exits — even on SIGKILL, when `ebb` itself can stop
+/// nothing — and the read here returns. Then every instance recorded in the state directory
+/// and every container labelled with it is killed. After a clean stop there is nothing left
+/// to kill.
+pub fn reap_when_parent_ends(state: &Path, backend: &Backend) -> usize {
+    use std::io::Read;
+    let mut sink = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+    reap_orphans(state, backend)
 }
 
 /// Podman's global flags: `EBB_PODMAN_GLOBAL_ARGS` (whitespace-separated) when set, else runc
@@ -771,8 +793,11 @@ fn podman_command(
         "never",
         "--label",
         "dev.ebb.instance=1",
-        "--name",
+        "--label",
     ]);
+    // Which state directory's ebb owns it: reaping takes only its own.
+    cmd.arg(state_label(launch.pids.parent().unwrap_or(&launch.pids)));
+    cmd.arg("--name");
     cmd.arg(format!("ebb-{id}"));
     for (k, v) in env {
         cmd.arg("-e").arg(format!("{k}={v}"));

@@ -3,7 +3,8 @@
 //!
 //! The CLI talks to it through a small HTTP API on loopback, found through `ebb.json` in the
 //! state directory. The API is Ebb's own (apply, get, list, delete, status), not the Kubernetes
-//! API: local mode has no RBAC, watches or field managers to serve.
+//! API: local mode has no RBAC, watches or field managers to serve. Every request must carry
+//! the token in `ebb.json` (readable only by the user) and pass [`crate::guard`]'s checks.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -45,6 +46,9 @@ pub struct Endpoint {
     pub gateway: SocketAddr,
     pub runtime: String,
     pub state: PathBuf,
+    /// The bearer token every API request must carry (this file is readable only by its owner).
+    #[serde(default)]
+    pub token: String,
 }
 
 pub const ENDPOINT_FILE: &str = "ebb.json";
@@ -141,6 +145,8 @@ pub struct UpOptions {
     pub settings: Settings,
     pub drain_quiet: Duration,
     pub grace: Duration,
+    /// Delete the store first (`--reset`).
+    pub reset: bool,
 }
 
 fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
@@ -151,17 +157,43 @@ fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
 pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.state)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", opts.state.display()))?;
-    let store = Store::open(&opts.state.join("store.redb")).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the store in {}: {e} (is another `ebb local up` using this state directory?)",
+    {
+        // Services, logs and the API token live here: the user's alone.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&opts.state, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| anyhow::anyhow!("state directory {}: {e}", opts.state.display()))?;
+    }
+    let token = crate::guard::new_token()
+        .map_err(|e| anyhow::anyhow!("cannot make the API token (/dev/urandom): {e}"))?;
+    if opts.reset {
+        Store::reset_dir(&opts.state)
+            .map_err(|e| anyhow::anyhow!("--reset: {}: {e}", opts.state.display()))?;
+        eprintln!(
+            "ebb: --reset: starting with an empty store in {}",
             opts.state.display()
-        )
-    })?;
+        );
+    }
+    let store = Store::open_dir(&opts.state).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for d in store.damaged() {
+        eprintln!(
+            "ebb: {}: {} {}/{} is damaged ({}); everything else is served. A Configuration, Route or Revision whose parent is whole is rebuilt from it; otherwise requests that need it are answered 500 until it is deleted (`ebb delete {} {} -n {}`) and applied again",
+            opts.state.join(store::STORE_FILE).display(),
+            d.kind,
+            d.namespace,
+            d.name,
+            d.reason,
+            d.kind.to_ascii_lowercase(),
+            d.name,
+            d.namespace
+        );
+    }
     let store = Arc::new(store);
     let reaped = crate::runtime::reap_orphans(&opts.state, &opts.backend);
     if reaped > 0 {
         eprintln!("stopped {reaped} instance(s) left behind by a previous ebb");
     }
+    // Held until this process ends: its close wakes the reaper.
+    let _reaper = start_reaper(&opts.state, &opts.backend)?;
 
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -249,6 +281,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         store.clone(),
         opts.settings.local(),
         runtime.clone(),
+        revisions.clone(),
         routes_tx,
         synced_tx,
     ));
@@ -276,14 +309,17 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             gateway: gateway_addr,
             runtime: opts.backend.name().into(),
             state: opts.state.clone(),
+            token,
         },
     });
     let api_task = tokio::spawn(serve_api(api_listener, api.clone()));
 
     let endpoint_file = opts.state.join(ENDPOINT_FILE);
     let tmp = opts.state.join(format!("{ENDPOINT_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&api.endpoint)?)?;
-    std::fs::rename(&tmp, &endpoint_file)?;
+    write_private(&tmp, &serde_json::to_vec_pretty(&api.endpoint)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &endpoint_file)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", endpoint_file.display()))?;
     println!(
         "ebb local mode: gateway http://{gateway_addr}  api http://{api_addr}  runtime {}  state {}",
         opts.backend.name(),
@@ -302,6 +338,46 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     runner.abort();
     eprintln!("ebb: stopped");
     Ok(())
+}
+
+/// Start `ebb __reap` (see [`crate::runtime::reap_when_parent_ends`]); the returned pipe end
+/// must live as long as this process.
+fn start_reaper(state: &Path, backend: &Backend) -> anyhow::Result<std::process::ChildStdin> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("cannot find the ebb binary to start its reaper: {e}"))?;
+    let mut child = std::process::Command::new(exe)
+        .arg("--state")
+        .arg(state)
+        .args(["__reap", "--runtime", backend.name()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start ebb's reaper: {e}"))?;
+    let pipe = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("ebb's reaper has no stdin"))?;
+    // Reaped by a thread so that it does not linger as a zombie after it is done.
+    std::thread::spawn(move || child.wait());
+    Ok(pipe)
+}
+
+/// Write a file only its owner can read (0600), replacing what was there.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    // The mode given at creation is masked by the umask; this one is not.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 async fn wait_for_signal() {
@@ -325,11 +401,13 @@ async fn control_loop(
     store: Arc<Store>,
     cfg: LocalConfig,
     runtime: Arc<Runtime>,
+    revisions: Arc<Revisions>,
     routes: watch::Sender<Arc<RoutingTable>>,
     synced: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut events = store.watch();
     let mut synced = Some(synced);
+    let mut broken_revisions = std::collections::HashSet::new();
     loop {
         if let Err(e) = settle(&store, &cfg, &now()) {
             tracing::error!(error = %e, "reconcile");
@@ -341,7 +419,9 @@ async fn control_loop(
             .into_iter()
             .filter_map(|v| serde_json::from_value(v).ok())
             .collect();
-        routes.send_replace(Arc::new(RoutingTable::build(list.iter())));
+        let mut table = RoutingTable::build(list.iter());
+        mark_damaged(&store, &cfg, &mut table, &revisions, &mut broken_revisions);
+        routes.send_replace(Arc::new(table));
         if let Some(tx) = synced.take() {
             let _ = tx.send(());
         }
@@ -357,6 +437,51 @@ async fn control_loop(
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
+}
+
+/// What the store could not decode is answered 500 at once, naming the record: a damaged
+/// Route's host (which otherwise would be 404) and a damaged Revision (whose requests would
+/// otherwise wait for instances that never come). `marked`: the revisions marked so far.
+fn mark_damaged(
+    store: &Store,
+    cfg: &LocalConfig,
+    table: &mut RoutingTable,
+    revisions: &Revisions,
+    marked: &mut std::collections::HashSet<(String, String)>,
+) {
+    let mut now_damaged = std::collections::HashSet::new();
+    for d in store.damaged() {
+        let why = format!(
+            "{} {}/{} is damaged in the store ({}): delete it and apply it again",
+            d.kind, d.namespace, d.name, d.reason
+        );
+        match d.kind.as_str() {
+            "Route" | "Service" => {
+                // The host as the route would have had it (its labels are lost with it).
+                let empty = BTreeMap::new();
+                let r = serving_api::naming::RouteRef {
+                    name: &d.name,
+                    namespace: &d.namespace,
+                    labels: &empty,
+                    annotations: &empty,
+                };
+                if let Ok(hosts) = serving_api::naming::route_hosts(&r, &cfg.network, &cfg.domains)
+                {
+                    table.mark_broken(&hosts.host, why.clone());
+                    table.mark_broken(&hosts.cluster_local_host, why);
+                }
+            }
+            "Revision" => {
+                revisions.get(&d.namespace, &d.name).set_broken(Some(why));
+                now_damaged.insert((d.namespace, d.name));
+            }
+            _ => {}
+        }
+    }
+    for (ns, name) in marked.difference(&now_damaged) {
+        revisions.get(ns, name).set_broken(None);
+    }
+    *marked = now_damaged;
 }
 
 struct Api {
@@ -493,6 +618,20 @@ fn kind_of(segment: &str) -> Option<&'static str> {
 
 impl Api {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let has_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
+            || req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if let Err(crate::guard::Denied(status, why)) = crate::guard::check(
+            req.method(),
+            req.headers(),
+            has_body,
+            self.endpoint.api,
+            &self.endpoint.token,
+        ) {
+            return error(status, why);
+        }
         let path = req.uri().path().trim_matches('/').to_string();
         let query = req.uri().query().unwrap_or_default().to_string();
         let parts: Vec<&str> = path.split('/').collect();
@@ -632,5 +771,10 @@ pub fn read_endpoint(state: &Path) -> anyhow::Result<Endpoint> {
             state.display()
         )
     })?;
-    Ok(serde_json::from_str(&text)?)
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not what `ebb local up` writes ({e}); restart it to write the file again",
+            path.display()
+        )
+    })
 }

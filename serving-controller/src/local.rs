@@ -152,7 +152,12 @@ pub fn reconcile(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, 
             ("Configuration", to_value(&desired_configuration(&svc))?),
             ("Route", to_value(&desired_route(&svc))?),
         ] {
-            if differs(store.get(kind, &ns, &name)?.as_ref(), &desired) {
+            // A damaged child (reported at startup) is rebuilt from its parent.
+            let stored = match store.get(kind, &ns, &name) {
+                Err(StoreError::Damaged { .. }) => None,
+                other => other?,
+            };
+            if differs(stored.as_ref(), &desired) {
                 store.apply(desired)?;
                 writes += 1;
             }
@@ -170,6 +175,7 @@ pub fn reconcile(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, 
             .collect();
         let plan = plan_revision(&config, &in_ns);
         if let RevisionPlan::Create(rev) = &plan {
+            // (A damaged revision of this generation is written anew.)
             let stored = store.apply(to_value(rev.as_ref())?)?;
             revisions.push(serde_json::from_value(stored)?);
             writes += 1;

@@ -6,8 +6,17 @@
 //! apart from the rest and never by `apply`; writes may be conditional on a resourceVersion
 //! (409 Conflict otherwise); deleting an object deletes the objects it controls (ownerReferences
 //! by UID), recursively; every change is published to watchers.
+//!
+//! It never loses data silently. [`Store::open_dir`] keeps a marker (`state.json`) beside the
+//! store file naming the store it expects: a store file that went missing, was emptied or
+//! was replaced by another stops startup with an error naming the file and how to recover
+//! (restore it, or `--reset` to start over on purpose) instead of starting as a fresh, empty
+//! system. A record that no longer decodes is reported by kind, namespace and name
+//! ([`Store::damaged`]) and left out of lists; the rest is served. Every error names the file.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{Value, json};
@@ -16,6 +25,14 @@ use tokio::sync::broadcast;
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RESOURCE_VERSION: &str = "resourceVersion";
+/// The store's identity, also written in the marker beside it.
+const STORE_ID: TableDefinition<&str, &str> = TableDefinition::new("identity");
+const ID_KEY: &str = "id";
+
+/// The store file in a state directory.
+pub const STORE_FILE: &str = "store.redb";
+/// The marker that says a state directory holds a store, and which.
+pub const MARKER_FILE: &str = "state.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,6 +54,28 @@ pub enum StoreError {
     },
     #[error("invalid object: {0}")]
     Invalid(String),
+    #[error(
+        "{kind} {namespace}/{name} is damaged in the store ({reason}); delete it or apply it anew"
+    )]
+    Damaged {
+        kind: String,
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+    #[error(
+        "{file}: another process holds it open (is another `ebb local up` using this state directory?)"
+    )]
+    Locked { file: PathBuf },
+    #[error(
+        "{file} is {what}, but {marker} says this directory holds Ebb's state (store {id}): restore the file from a backup, or start over with `ebb local up --reset`, which deletes every Service in it"
+    )]
+    Lost {
+        file: PathBuf,
+        marker: PathBuf,
+        what: &'static str,
+        id: String,
+    },
     #[error("store: {0}")]
     Backend(String),
 }
@@ -67,6 +106,17 @@ pub enum Event {
 pub struct Store {
     db: Database,
     events: broadcast::Sender<Event>,
+    /// Records that do not decode, by key (`kind/namespace/name`), with why.
+    damaged: RwLock<BTreeMap<String, String>>,
+}
+
+/// A record that no longer decodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRecord {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub reason: String,
 }
 
 fn key(kind: &str, namespace: &str, name: &str) -> String {
@@ -98,19 +148,186 @@ fn new_uid() -> String {
     )
 }
 
+/// A decoded record: an object with a kind and a name.
+fn decode(bytes: &[u8]) -> Result<Value, String> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if !v.is_object() || v["kind"].as_str().is_none() || v["metadata"]["name"].as_str().is_none() {
+        return Err("not an object with a kind and a name".into());
+    }
+    Ok(v)
+}
+
+fn split_key(key: &str) -> (String, String, String) {
+    let mut parts = key.splitn(3, '/');
+    let mut next = || parts.next().unwrap_or_default().to_string();
+    (next(), next(), next())
+}
+
 impl Store {
-    /// Open (or create) the store file.
+    /// Open (or create) the store file alone, without a marker (tests, tools).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
-        let w = db.begin_write()?;
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked { file: path.into() });
+            }
+            Err(e) => {
+                return Err(StoreError::Backend(format!(
+                    "{}: {e} (the file is damaged: restore it from a backup, or start over with `ebb local up --reset`)",
+                    path.display()
+                )));
+            }
+        };
+        let in_file = |e: StoreError| StoreError::Backend(format!("{}: {e}", path.display()));
+        let w = db.begin_write().map_err(|e| in_file(e.into()))?;
         {
-            w.open_table(OBJECTS)?;
-            w.open_table(META)?;
+            w.open_table(OBJECTS).map_err(|e| in_file(e.into()))?;
+            w.open_table(META).map_err(|e| in_file(e.into()))?;
+            w.open_table(STORE_ID).map_err(|e| in_file(e.into()))?;
         }
-        w.commit()?;
-        Ok(Store {
+        w.commit().map_err(|e| in_file(e.into()))?;
+        let store = Store {
             db,
             events: broadcast::channel(4096).0,
+            damaged: RwLock::default(),
+        };
+        store.scan().map_err(in_file)?;
+        Ok(store)
+    }
+
+    /// Open the store of a state directory (`DIR/store.redb`), checked against its marker
+    /// (`DIR/state.json`): a new directory gets both; a store that went missing, was emptied
+    /// or replaced while the marker says one exists is an error ([`StoreError::Lost`]).
+    pub fn open_dir(dir: &Path) -> Result<Store, StoreError> {
+        let file = dir.join(STORE_FILE);
+        let marker = dir.join(MARKER_FILE);
+        let expected: Option<String> = match std::fs::read(&marker) {
+            Ok(bytes) => {
+                let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    StoreError::Backend(format!(
+                        "{}: not the marker Ebb writes: {e}",
+                        marker.display()
+                    ))
+                })?;
+                Some(v["id"].as_str().unwrap_or_default().to_string())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::Backend(format!("{}: {e}", marker.display()))),
+        };
+        let size = std::fs::metadata(&file).map(|m| m.len()).ok();
+        if let Some(id) = &expected {
+            let what = match size {
+                None => Some("missing"),
+                Some(0) => Some("empty"),
+                _ => None,
+            };
+            if let Some(what) = what {
+                return Err(StoreError::Lost {
+                    file,
+                    marker,
+                    what,
+                    id: id.clone(),
+                });
+            }
+        }
+        let store = Store::open(&file)?;
+        let id = store
+            .identity()
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", file.display())))?;
+        match expected {
+            Some(want) if want != id => Err(StoreError::Lost {
+                file,
+                marker,
+                what: "another store than the one expected",
+                id: want,
+            }),
+            Some(_) => Ok(store),
+            None => {
+                // A new directory (or one from before markers): say from now on that it holds
+                // this store.
+                let text = serde_json::to_vec_pretty(&json!({
+                    "store": STORE_FILE,
+                    "id": id,
+                    "note": "Ebb's state lives in store.redb; if it goes missing, Ebb refuses to start rather than start empty (`ebb local up --reset` starts over)."
+                }))?;
+                let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
+                std::fs::write(&tmp, text)
+                    .and_then(|()| std::fs::rename(&tmp, &marker))
+                    .map_err(|e| StoreError::Backend(format!("{}: {e}", marker.display())))?;
+                Ok(store)
+            }
+        }
+    }
+
+    /// Delete a state directory's store and marker, to start over on purpose.
+    pub fn reset_dir(dir: &Path) -> std::io::Result<()> {
+        for f in [STORE_FILE, MARKER_FILE] {
+            match std::fs::remove_file(dir.join(f)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The store's identity (made at its creation).
+    fn identity(&self) -> Result<String, StoreError> {
+        {
+            let r = self.db.begin_read()?;
+            let t = r.open_table(STORE_ID)?;
+            if let Some(id) = t.get(ID_KEY)? {
+                return Ok(id.value().to_string());
+            }
+        }
+        let id = new_uid();
+        let w = self.db.begin_write()?;
+        w.open_table(STORE_ID)?.insert(ID_KEY, id.as_str())?;
+        w.commit()?;
+        Ok(id)
+    }
+
+    /// Find the records that do not decode.
+    fn scan(&self) -> Result<(), StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(OBJECTS)?;
+        let mut damaged = self.damaged.write().unwrap_or_else(|p| p.into_inner());
+        for item in t.iter()? {
+            let (k, v) = item?;
+            if let Err(reason) = decode(v.value()) {
+                damaged.insert(k.value().to_string(), reason);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that do not decode: left out of lists, refused by reads and status writes,
+    /// until deleted or written anew.
+    pub fn damaged(&self) -> Vec<DamagedRecord> {
+        let damaged = self.damaged.read().unwrap_or_else(|p| p.into_inner());
+        damaged
+            .iter()
+            .map(|(k, reason)| {
+                let (kind, namespace, name) = split_key(k);
+                DamagedRecord {
+                    kind,
+                    namespace,
+                    name,
+                    reason: reason.clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn damage(&self, k: &str) -> Option<StoreError> {
+        let damaged = self.damaged.read().unwrap_or_else(|p| p.into_inner());
+        damaged.get(k).map(|reason| {
+            let (kind, namespace, name) = split_key(k);
+            StoreError::Damaged {
+                kind,
+                namespace,
+                name,
+                reason: reason.clone(),
+            }
         })
     }
 
@@ -125,9 +342,13 @@ impl Store {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Value>, StoreError> {
+        let k = key(kind, namespace, name);
+        if let Some(e) = self.damage(&k) {
+            return Err(e);
+        }
         let r = self.db.begin_read()?;
         let t = r.open_table(OBJECTS)?;
-        match t.get(key(kind, namespace, name).as_str())? {
+        match t.get(k.as_str())? {
             Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
             None => Ok(None),
         }
@@ -147,7 +368,10 @@ impl Store {
             if !k.value().starts_with(&prefix) {
                 break;
             }
-            out.push(serde_json::from_slice(v.value())?);
+            // Damaged records are reported by `damaged`, not listed.
+            if let Ok(obj) = decode(v.value()) {
+                out.push(obj);
+            }
         }
         Ok(out)
     }
@@ -157,6 +381,9 @@ impl Store {
     pub fn apply(&self, mut desired: Value) -> Result<Value, StoreError> {
         let (kind, namespace, name) = ident(&desired)?;
         let k = key(&kind, &namespace, &name);
+        // A damaged record is written anew: what it held is lost already (its owners'
+        // references with it), and a parent re-creating its child repairs it.
+        let damaged = self.damage(&k).is_some();
         let w = self.db.begin_write()?;
         let (stored, event) = {
             let mut objects = w.open_table(OBJECTS)?;
@@ -164,6 +391,7 @@ impl Store {
             let rv = meta.get(RESOURCE_VERSION)?.map_or(0, |v| v.value()) + 1;
             meta.insert(RESOURCE_VERSION, rv)?;
             let previous: Option<Value> = match objects.get(k.as_str())? {
+                Some(_) if damaged => None,
                 Some(v) => Some(serde_json::from_slice(v.value())?),
                 None => None,
             };
@@ -202,6 +430,12 @@ impl Store {
             (desired, event)
         };
         w.commit()?;
+        if damaged {
+            self.damaged
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&k);
+        }
         let event = match event {
             Event::Added(_) => Event::Added(stored.clone()),
             _ => Event::Modified(stored.clone()),
@@ -221,6 +455,9 @@ impl Store {
         expected: Option<&str>,
     ) -> Result<Value, StoreError> {
         let k = key(kind, namespace, name);
+        if let Some(e) = self.damage(&k) {
+            return Err(e);
+        }
         let w = self.db.begin_write()?;
         let stored = {
             let mut objects = w.open_table(OBJECTS)?;
@@ -269,10 +506,18 @@ impl Store {
         namespace: &str,
         name: &str,
     ) -> Result<Vec<Value>, StoreError> {
+        let root_key = key(kind, namespace, name);
         let w = self.db.begin_write()?;
         let deleted = {
             let mut objects = w.open_table(OBJECTS)?;
-            let root: Value = match objects.get(key(kind, namespace, name).as_str())? {
+            let damaged_root = self.damage(&root_key).is_some();
+            let root: Value = match objects.get(root_key.as_str())? {
+                // A damaged record's owner references are lost with it: what it owned is
+                // found by owner kind and name instead.
+                Some(_) if damaged_root => json!({
+                    "kind": kind,
+                    "metadata": {"namespace": namespace, "name": name, "uid": null},
+                }),
                 Some(v) => serde_json::from_slice(v.value())?,
                 None => {
                     return Err(StoreError::NotFound {
@@ -284,23 +529,37 @@ impl Store {
             };
             let all: Vec<(String, Value)> = objects
                 .iter()?
-                .map(|item| {
-                    let (k, v) = item?;
-                    Ok((k.value().to_string(), serde_json::from_slice(v.value())?))
+                .filter_map(|item| match item {
+                    Ok((k, v)) => decode(v.value())
+                        .ok()
+                        .map(|obj| Ok((k.value().to_string(), obj))),
+                    Err(e) => Some(Err(StoreError::from(e))),
                 })
                 .collect::<Result<_, StoreError>>()?;
             let mut doomed = vec![root];
             let mut i = 0;
             while i < doomed.len() {
-                let uid = doomed[i]["metadata"]["uid"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
+                let uid = doomed[i]["metadata"]["uid"].as_str().map(str::to_string);
+                let (owner_kind, owner_name) = (
+                    doomed[i]["kind"].as_str().unwrap_or("").to_string(),
+                    doomed[i]["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                );
+                let owner_ns = doomed[i]["metadata"]["namespace"].clone();
                 for (_, o) in &all {
                     let owned = o["metadata"]["ownerReferences"]
                         .as_array()
                         .is_some_and(|refs| {
-                            refs.iter().any(|r| r["uid"].as_str() == Some(uid.as_str()))
+                            refs.iter().any(|r| match &uid {
+                                Some(uid) => r["uid"].as_str() == Some(uid.as_str()),
+                                None => {
+                                    o["metadata"]["namespace"] == owner_ns
+                                        && r["kind"].as_str() == Some(owner_kind.as_str())
+                                        && r["name"].as_str() == Some(owner_name.as_str())
+                                }
+                            })
                         });
                     if owned
                         && !doomed
@@ -319,6 +578,10 @@ impl Store {
             doomed
         };
         w.commit()?;
+        self.damaged
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&root_key);
         for d in &deleted {
             let _ = self.events.send(Event::Deleted(d.clone()));
         }

@@ -193,3 +193,196 @@ fn objects_need_kind_and_name() {
         Err(StoreError::Invalid(_))
     ));
 }
+
+fn child(kind: &str, name: &str, owner: &Value) -> Value {
+    json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": kind,
+        "metadata": {"name": name, "ownerReferences": [{
+            "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+            "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"], "controller": true,
+        }]},
+        "spec": {},
+    })
+}
+
+/// A state directory whose store went missing, was emptied or was replaced does not start as
+/// a fresh, empty system: opening it names the file and how to recover.
+#[test]
+fn a_lost_store_is_an_error_not_a_fresh_start() {
+    let d = dir();
+    {
+        let s = Store::open_dir(&d.0).unwrap();
+        s.apply(svc("v1", json!({}))).unwrap();
+    }
+    assert!(d.0.join(store::MARKER_FILE).exists());
+    let file = d.0.join(store::STORE_FILE);
+    // Reopened: the same store, the same data.
+    assert_eq!(
+        Store::open_dir(&d.0)
+            .unwrap()
+            .list("Service", None)
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let copy = d.0.join("copy.redb");
+    std::fs::copy(&file, &copy).unwrap();
+    for (damage, what) in [
+        ("truncate", "empty"),
+        ("remove", "missing"),
+        ("replace", "another store"),
+    ] {
+        match damage {
+            "truncate" => std::fs::File::create(&file).map(drop).unwrap(),
+            "remove" => std::fs::remove_file(&file).unwrap(),
+            _ => {
+                let _ = std::fs::remove_file(&file);
+                drop(Store::open(&file).unwrap());
+            }
+        }
+        let e = Store::open_dir(&d.0).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, StoreError::Lost { .. }), "{damage}: {text}");
+        assert!(
+            text.contains(what) && text.contains("store.redb") && text.contains("--reset"),
+            "{damage}: {text}"
+        );
+        std::fs::copy(&copy, &file).unwrap();
+        assert_eq!(
+            Store::open_dir(&d.0)
+                .unwrap()
+                .list("Service", None)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    // Cut short inside: refused, naming the file.
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    let text = Store::open_dir(&d.0).map(|_| ()).unwrap_err().to_string();
+    assert!(text.contains("store.redb"), "{text}");
+    // Starting over on purpose.
+    Store::reset_dir(&d.0).unwrap();
+    assert!(
+        Store::open_dir(&d.0)
+            .unwrap()
+            .list("Service", None)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_held_lock_is_told_apart_from_other_errors() {
+    let d = dir();
+    let _first = Store::open_dir(&d.0).unwrap();
+    let e = Store::open_dir(&d.0).map(|_| ()).unwrap_err();
+    assert!(matches!(e, StoreError::Locked { .. }), "{e}");
+    assert!(e.to_string().contains("another `ebb local up`"), "{e}");
+    let lost = StoreError::Lost {
+        file: "f".into(),
+        marker: "m".into(),
+        what: "missing",
+        id: "x".into(),
+    };
+    assert!(!lost.to_string().contains("another `ebb local up`"));
+}
+
+/// One record that no longer decodes is reported by kind, namespace and name; the others are
+/// listed and served; it can be deleted (with what it owned) and written anew.
+#[test]
+fn a_damaged_record_is_reported_and_the_rest_served() {
+    let d = dir();
+    let path = d.0.join("state.redb");
+    {
+        let s = Store::open(&path).unwrap();
+        let hello = s.apply(svc("v1", json!({}))).unwrap();
+        s.apply(child("Route", "hello", &hello)).unwrap();
+        let mut other = svc("v1", json!({}));
+        other["metadata"]["name"] = json!("other");
+        s.apply(other).unwrap();
+    }
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("objects"))
+                .unwrap();
+            t.insert("Service/default/hello", &b"{\"kind\": \"Serv\xff"[..])
+                .unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    let damaged = s.damaged();
+    assert_eq!(damaged.len(), 1);
+    assert_eq!(
+        (
+            damaged[0].kind.as_str(),
+            damaged[0].namespace.as_str(),
+            damaged[0].name.as_str()
+        ),
+        ("Service", "default", "hello")
+    );
+    let names: Vec<Value> = s
+        .list("Service", None)
+        .unwrap()
+        .iter()
+        .map(|o| o["metadata"]["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("other")]);
+    assert!(matches!(
+        s.get("Service", "default", "hello"),
+        Err(StoreError::Damaged { .. })
+    ));
+    let e = s.get("Service", "default", "hello").unwrap_err();
+    assert!(
+        e.to_string().contains("Service default/hello is damaged"),
+        "{e}"
+    );
+    // Deleting it takes what it owned too (found by owner kind and name).
+    let gone = s.delete("Service", "default", "hello").unwrap();
+    assert_eq!(gone.len(), 2, "{gone:?}");
+    assert!(s.get("Route", "default", "hello").unwrap().is_none());
+    assert!(s.damaged().is_empty());
+    s.apply(svc("v2", json!({}))).unwrap();
+}
+
+/// A damaged record applied anew is whole again (a parent re-creating its child repairs it).
+#[test]
+fn a_damaged_record_written_anew_is_whole() {
+    let d = dir();
+    let path = d.0.join("state.redb");
+    drop(
+        Store::open(&path)
+            .unwrap()
+            .apply(svc("v1", json!({})))
+            .unwrap(),
+    );
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(redb::TableDefinition::<&str, &[u8]>::new("objects"))
+            .unwrap()
+            .insert("Service/default/hello", &b"garbage"[..])
+            .unwrap();
+        w.commit().unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.damaged().len(), 1);
+    let written = s.apply(svc("v2", json!({}))).unwrap();
+    assert_eq!(written["metadata"]["generation"], 1);
+    assert!(s.damaged().is_empty());
+    assert_eq!(
+        s.get("Service", "default", "hello").unwrap().unwrap()["spec"],
+        written["spec"]
+    );
+}

@@ -87,13 +87,22 @@ impl Ebb {
         ebb
     }
 
-    pub fn launch(&mut self) {
-        let _ = std::fs::remove_file(self.state.join("ebb.json"));
-        let log = std::fs::File::create(std::env::temp_dir().join(format!(
+    /// Where `ebb local up`'s output goes.
+    pub fn log_path(&self) -> PathBuf {
+        std::env::temp_dir().join(format!(
             "{}.log",
             self.state.file_name().unwrap_or_default().to_string_lossy()
-        )))
-        .expect("log file");
+        ))
+    }
+
+    /// What `ebb local up` printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn launch(&mut self) {
+        let _ = std::fs::remove_file(self.state.join("ebb.json"));
+        let log = std::fs::File::create(self.log_path()).expect("log file");
         let child = Command::new(ebb_bin())
             .arg("--state")
             .arg(&self.state)
@@ -210,13 +219,22 @@ impl Ebb {
         serde_json::from_str(&self.ok(&["get", kind, name, "-o", "json"])).expect("json")
     }
 
+    /// The API token of the running `ebb` (from `STATE/ebb.json`).
+    pub fn token(&self) -> String {
+        let text = std::fs::read_to_string(self.state.join("ebb.json")).expect("ebb.json");
+        let v: Value = serde_json::from_str(&text).expect("ebb.json is JSON");
+        v["token"].as_str().expect("token in ebb.json").to_string()
+    }
+
     /// A GET on the local API, parsed (blocking; for polling from tests).
     pub fn api_get(&self, path: &str) -> Value {
         use std::io::{Read, Write};
+        let token = self.token();
         let mut s = std::net::TcpStream::connect(self.api).expect("api");
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: ebb\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
+            self.api
         )
         .expect("write");
         let mut buf = String::new();
