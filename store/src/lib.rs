@@ -52,6 +52,14 @@ pub enum StoreError {
         expected: String,
         actual: String,
     },
+    #[error("{kind} {namespace}/{name} already exists")]
+    AlreadyExists {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+    #[error("too old resource version: {requested} (the oldest change kept is {oldest})")]
+    Gone { requested: u64, oldest: u64 },
     #[error("invalid object: {0}")]
     Invalid(String),
     #[error(
@@ -106,8 +114,52 @@ pub enum Event {
 pub struct Store {
     db: Database,
     events: broadcast::Sender<Event>,
+    /// Recent changes, oldest first, for watches that start at a resourceVersion. Held while a
+    /// write commits and publishes, so that events go out in resourceVersion order and a new
+    /// watcher sees each change exactly once (from the history or from the channel).
+    history: std::sync::Mutex<std::collections::VecDeque<(u64, Event)>>,
     /// Records that do not decode, by key (`kind/namespace/name`), with why.
     damaged: RwLock<BTreeMap<String, String>>,
+}
+
+/// Changes kept for watches that start in the past (a watch from before the oldest is told
+/// its resourceVersion is too old, 410, and relists — as the Kubernetes API's watch cache).
+pub const HISTORY: usize = 1024;
+
+/// Kinds that live outside namespaces.
+pub const CLUSTER_SCOPED: [&str; 1] = ["Namespace"];
+
+/// What happens to the objects a deleted object owns (Kubernetes' `propagationPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Propagation {
+    /// Deleted with it (`Background`, `Foreground`: here, in one transaction).
+    #[default]
+    Cascade,
+    /// Kept, without the owner reference (`Orphan`).
+    Orphan,
+}
+
+/// A watch: the changes after its starting point that were already made, then the live ones.
+#[derive(Debug)]
+pub struct Watch {
+    pub backlog: Vec<Event>,
+    pub live: broadcast::Receiver<Event>,
+}
+
+impl Event {
+    pub fn object(&self) -> &Value {
+        match self {
+            Event::Added(v) | Event::Modified(v) | Event::Deleted(v) => v,
+        }
+    }
+
+    /// The resourceVersion the change made.
+    pub fn resource_version(&self) -> u64 {
+        self.object()["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 /// A record that no longer decodes.
@@ -131,7 +183,14 @@ fn ident(obj: &Value) -> Result<(String, String, String), StoreError> {
         .as_str()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| StoreError::Invalid("metadata.name is required".into()))?;
-    let namespace = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+    let namespace = if CLUSTER_SCOPED.contains(&kind) {
+        ""
+    } else {
+        obj["metadata"]["namespace"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
+    };
     Ok((kind.to_string(), namespace.to_string(), name.to_string()))
 }
 
@@ -189,6 +248,7 @@ impl Store {
         let store = Store {
             db,
             events: broadcast::channel(4096).0,
+            history: std::sync::Mutex::default(),
             damaged: RwLock::default(),
         };
         store.scan().map_err(in_file)?;
@@ -336,6 +396,36 @@ impl Store {
         self.events.subscribe()
     }
 
+    /// Follow changes made after resourceVersion `from`: those already made (from the history)
+    /// then the live ones. `Err(Gone)` when `from` is older than the history holds.
+    pub fn watch_from(&self, from: u64) -> Result<Watch, StoreError> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.resource_version()?;
+        let oldest = history.front().map_or(current + 1, |(rv, _)| *rv);
+        if from + 1 < oldest && from < current {
+            return Err(StoreError::Gone {
+                requested: from,
+                oldest: oldest.saturating_sub(1),
+            });
+        }
+        let backlog = history
+            .iter()
+            .filter(|(rv, _)| *rv > from)
+            .map(|(_, e)| e.clone())
+            .collect();
+        Ok(Watch {
+            backlog,
+            live: self.events.subscribe(),
+        })
+    }
+
+    /// The store's current resourceVersion (that of its last write).
+    pub fn resource_version(&self) -> Result<u64, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(META)?;
+        Ok(t.get(RESOURCE_VERSION)?.map_or(0, |v| v.value()))
+    }
+
     pub fn get(
         &self,
         kind: &str,
@@ -356,11 +446,24 @@ impl Store {
 
     /// Objects of a kind, in one namespace or all, ordered by namespace and name.
     pub fn list(&self, kind: &str, namespace: Option<&str>) -> Result<Vec<Value>, StoreError> {
+        Ok(self.list_at(kind, namespace)?.0)
+    }
+
+    /// As [`Store::list`], with the resourceVersion the list is consistent with.
+    pub fn list_at(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<Value>, u64), StoreError> {
         let prefix = match namespace {
             Some(ns) => format!("{kind}/{ns}/"),
             None => format!("{kind}/"),
         };
         let r = self.db.begin_read()?;
+        let rv = r
+            .open_table(META)?
+            .get(RESOURCE_VERSION)?
+            .map_or(0, |v| v.value());
         let t = r.open_table(OBJECTS)?;
         let mut out = Vec::new();
         for item in t.range(prefix.as_str()..)? {
@@ -373,49 +476,131 @@ impl Store {
                 out.push(obj);
             }
         }
+        Ok((out, rv))
+    }
+
+    /// Run `change` in one write transaction with the next resourceVersions (`change` gets
+    /// the objects table and the first rv; it returns the events and how many rvs it used),
+    /// then publish its events in order.
+    fn write<T>(
+        &self,
+        change: impl FnOnce(
+            &mut redb::Table<'_, &'static str, &'static [u8]>,
+            u64,
+        ) -> Result<(T, Vec<Event>, u64), StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let w = self.db.begin_write()?;
+        let (out, events) = {
+            let mut objects = w.open_table(OBJECTS)?;
+            let mut meta = w.open_table(META)?;
+            let rv = meta.get(RESOURCE_VERSION)?.map_or(0, |v| v.value()) + 1;
+            let (out, events, used) = change(&mut objects, rv)?;
+            if used > 0 {
+                meta.insert(RESOURCE_VERSION, rv + used - 1)?;
+            }
+            (out, events)
+        };
+        w.commit()?;
+        for e in events {
+            let rv = e.resource_version();
+            if history.len() >= HISTORY {
+                history.pop_front();
+            }
+            history.push_back((rv, e.clone()));
+            let _ = self.events.send(e);
+        }
         Ok(out)
     }
 
+    /// Create an object; `AlreadyExists` when one has its kind, namespace and name.
+    pub fn create(&self, obj: Value) -> Result<Value, StoreError> {
+        self.put(obj, Put::Create)
+    }
+
+    /// Replace an object's metadata and content (not its status); with `expected`, only if
+    /// its resourceVersion still matches (else `Conflict`). `NotFound` when it does not exist.
+    pub fn replace(&self, obj: Value, expected: Option<&str>) -> Result<Value, StoreError> {
+        self.put(obj, Put::Replace(expected.map(str::to_string)))
+    }
+
     /// Create or update an object from its desired form (what `kubectl apply` sends): metadata
-    /// and spec are taken, `status` is kept from the stored object. Returns the stored object.
-    pub fn apply(&self, mut desired: Value) -> Result<Value, StoreError> {
+    /// and content are taken, `status` is kept from the stored object. Returns the stored object.
+    pub fn apply(&self, desired: Value) -> Result<Value, StoreError> {
+        self.put(desired, Put::Upsert)
+    }
+
+    fn put(&self, mut desired: Value, how: Put) -> Result<Value, StoreError> {
         let (kind, namespace, name) = ident(&desired)?;
         let k = key(&kind, &namespace, &name);
         // A damaged record is written anew: what it held is lost already (its owners'
         // references with it), and a parent re-creating its child repairs it.
         let damaged = self.damage(&k).is_some();
-        let w = self.db.begin_write()?;
-        let (stored, event) = {
-            let mut objects = w.open_table(OBJECTS)?;
-            let mut meta = w.open_table(META)?;
-            let rv = meta.get(RESOURCE_VERSION)?.map_or(0, |v| v.value()) + 1;
-            meta.insert(RESOURCE_VERSION, rv)?;
+        let stored = self.write(|objects, rv| {
             let previous: Option<Value> = match objects.get(k.as_str())? {
                 Some(_) if damaged => None,
                 Some(v) => Some(serde_json::from_slice(v.value())?),
                 None => None,
             };
+            let not_found = || StoreError::NotFound {
+                kind: kind.clone(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+            };
+            match (&how, &previous) {
+                (Put::Create, Some(_)) => {
+                    return Err(StoreError::AlreadyExists {
+                        kind: kind.clone(),
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                    });
+                }
+                (Put::Replace(_), None) => return Err(not_found()),
+                (Put::Replace(Some(expected)), Some(prev)) => {
+                    let actual = prev["metadata"]["resourceVersion"].as_str().unwrap_or("");
+                    if actual != expected {
+                        return Err(StoreError::Conflict {
+                            kind: kind.clone(),
+                            namespace: namespace.clone(),
+                            name: name.clone(),
+                            expected: expected.clone(),
+                            actual: actual.to_string(),
+                        });
+                    }
+                }
+                _ => {}
+            }
             if let Some(obj) = desired.as_object_mut() {
                 obj.remove("status");
             }
             let m = &mut desired["metadata"];
-            m["namespace"] = json!(namespace);
+            if namespace.is_empty() {
+                if let Some(m) = m.as_object_mut() {
+                    m.remove("namespace");
+                }
+            } else {
+                m["namespace"] = json!(namespace);
+            }
             m["resourceVersion"] = json!(rv.to_string());
             let event = match &previous {
                 None => {
                     m["uid"] = json!(new_uid());
                     m["generation"] = json!(1);
-                    m["creationTimestamp"] = json!(
-                        jiff::Timestamp::now()
-                            .round(jiff::Unit::Second)
-                            .unwrap_or_default()
-                            .to_string()
-                    );
+                    m["creationTimestamp"] = json!(now_seconds());
                     Event::Added(Value::Null)
                 }
                 Some(prev) => {
                     let generation = prev["metadata"]["generation"].as_i64().unwrap_or(1);
-                    let changed = prev.get("spec") != desired.get("spec");
+                    let content = |o: &Value| {
+                        let mut o = o.clone();
+                        if let Some(map) = o.as_object_mut() {
+                            for k in ["metadata", "status", "apiVersion", "kind"] {
+                                map.remove(k);
+                            }
+                        }
+                        o
+                    };
+                    let changed = content(prev) != content(&desired);
                     let m = &mut desired["metadata"];
                     m["uid"] = prev["metadata"]["uid"].clone();
                     m["creationTimestamp"] = prev["metadata"]["creationTimestamp"].clone();
@@ -427,20 +612,18 @@ impl Store {
                 }
             };
             objects.insert(k.as_str(), serde_json::to_vec(&desired)?.as_slice())?;
-            (desired, event)
-        };
-        w.commit()?;
+            let event = match event {
+                Event::Added(_) => Event::Added(desired.clone()),
+                _ => Event::Modified(desired.clone()),
+            };
+            Ok((desired.clone(), vec![event], 1))
+        })?;
         if damaged {
             self.damaged
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&k);
         }
-        let event = match event {
-            Event::Added(_) => Event::Added(stored.clone()),
-            _ => Event::Modified(stored.clone()),
-        };
-        let _ = self.events.send(event);
         Ok(stored)
     }
 
@@ -458,10 +641,7 @@ impl Store {
         if let Some(e) = self.damage(&k) {
             return Err(e);
         }
-        let w = self.db.begin_write()?;
-        let stored = {
-            let mut objects = w.open_table(OBJECTS)?;
-            let mut meta = w.open_table(META)?;
+        self.write(|objects, rv| {
             let mut obj: Value = match objects.get(k.as_str())? {
                 Some(v) => serde_json::from_slice(v.value())?,
                 None => {
@@ -487,16 +667,11 @@ impl Store {
                     actual,
                 });
             }
-            let rv = meta.get(RESOURCE_VERSION)?.map_or(0, |v| v.value()) + 1;
-            meta.insert(RESOURCE_VERSION, rv)?;
             obj["status"] = status;
             obj["metadata"]["resourceVersion"] = json!(rv.to_string());
             objects.insert(k.as_str(), serde_json::to_vec(&obj)?.as_slice())?;
-            obj
-        };
-        w.commit()?;
-        let _ = self.events.send(Event::Modified(stored.clone()));
-        Ok(stored)
+            Ok((obj.clone(), vec![Event::Modified(obj)], 1))
+        })
     }
 
     /// Delete an object and, recursively, every object it controls. Returns what was deleted.
@@ -506,11 +681,23 @@ impl Store {
         namespace: &str,
         name: &str,
     ) -> Result<Vec<Value>, StoreError> {
+        self.delete_with(kind, namespace, name, Propagation::Cascade, None)
+    }
+
+    /// Delete an object, with what it owns as `propagation` says; with `expected_uid`, only
+    /// if the object still has that uid (a precondition). Returns what was deleted, each
+    /// with the resourceVersion of its deletion.
+    pub fn delete_with(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        propagation: Propagation,
+        expected_uid: Option<&str>,
+    ) -> Result<Vec<Value>, StoreError> {
         let root_key = key(kind, namespace, name);
-        let w = self.db.begin_write()?;
-        let deleted = {
-            let mut objects = w.open_table(OBJECTS)?;
-            let damaged_root = self.damage(&root_key).is_some();
+        let damaged_root = self.damage(&root_key).is_some();
+        let deleted = self.write(|objects, rv| {
             let root: Value = match objects.get(root_key.as_str())? {
                 // A damaged record's owner references are lost with it: what it owned is
                 // found by owner kind and name instead.
@@ -527,6 +714,17 @@ impl Store {
                     });
                 }
             };
+            if let Some(uid) = expected_uid
+                && root["metadata"]["uid"].as_str() != Some(uid)
+            {
+                return Err(StoreError::Conflict {
+                    kind: kind.into(),
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    expected: format!("uid {uid}"),
+                    actual: format!("uid {}", root["metadata"]["uid"]),
+                });
+            }
             let all: Vec<(String, Value)> = objects
                 .iter()?
                 .filter_map(|item| match item {
@@ -536,55 +734,84 @@ impl Store {
                     Err(e) => Some(Err(StoreError::from(e))),
                 })
                 .collect::<Result<_, StoreError>>()?;
-            let mut doomed = vec![root];
-            let mut i = 0;
-            while i < doomed.len() {
-                let uid = doomed[i]["metadata"]["uid"].as_str().map(str::to_string);
+            let owns = |owner: &Value, o: &Value| {
+                let uid = owner["metadata"]["uid"].as_str();
                 let (owner_kind, owner_name) = (
-                    doomed[i]["kind"].as_str().unwrap_or("").to_string(),
-                    doomed[i]["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
+                    owner["kind"].as_str().unwrap_or(""),
+                    owner["metadata"]["name"].as_str().unwrap_or(""),
                 );
-                let owner_ns = doomed[i]["metadata"]["namespace"].clone();
-                for (_, o) in &all {
-                    let owned = o["metadata"]["ownerReferences"]
-                        .as_array()
-                        .is_some_and(|refs| {
-                            refs.iter().any(|r| match &uid {
-                                Some(uid) => r["uid"].as_str() == Some(uid.as_str()),
-                                None => {
-                                    o["metadata"]["namespace"] == owner_ns
-                                        && r["kind"].as_str() == Some(owner_kind.as_str())
-                                        && r["name"].as_str() == Some(owner_name.as_str())
-                                }
-                            })
-                        });
-                    if owned
-                        && !doomed
-                            .iter()
-                            .any(|d| d["metadata"]["uid"] == o["metadata"]["uid"])
-                    {
-                        doomed.push(o.clone());
+                o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| {
+                    refs.iter().any(|r| match uid {
+                        Some(uid) => r["uid"].as_str() == Some(uid),
+                        None => {
+                            o["metadata"]["namespace"] == owner["metadata"]["namespace"]
+                                && r["kind"].as_str() == Some(owner_kind)
+                                && r["name"].as_str() == Some(owner_name)
+                        }
+                    })
+                })
+            };
+            let mut doomed = vec![root];
+            let mut events = Vec::new();
+            let mut next_rv = rv;
+            if propagation == Propagation::Orphan {
+                // The children stay, without the owner reference.
+                for (k, o) in &all {
+                    if owns(&doomed[0], o) {
+                        let mut o = o.clone();
+                        let uid = doomed[0]["metadata"]["uid"].clone();
+                        if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+                            refs.retain(|r| r["uid"] != uid);
+                        }
+                        o["metadata"]["resourceVersion"] = json!(next_rv.to_string());
+                        next_rv += 1;
+                        objects.insert(k.as_str(), serde_json::to_vec(&o)?.as_slice())?;
+                        events.push(Event::Modified(o));
                     }
                 }
-                i += 1;
+            } else {
+                let mut i = 0;
+                while i < doomed.len() {
+                    for (_, o) in &all {
+                        if owns(&doomed[i], o)
+                            && !doomed
+                                .iter()
+                                .any(|d| d["metadata"]["uid"] == o["metadata"]["uid"])
+                        {
+                            doomed.push(o.clone());
+                        }
+                    }
+                    i += 1;
+                }
             }
-            for d in &doomed {
+            // Children first, as a foreground deletion would.
+            for d in doomed.iter_mut().rev() {
                 let (k, ns, n) = ident(d)?;
                 objects.remove(key(&k, &ns, &n).as_str())?;
+                d["metadata"]["resourceVersion"] = json!(next_rv.to_string());
+                next_rv += 1;
+                events.push(Event::Deleted(d.clone()));
             }
-            doomed
-        };
-        w.commit()?;
+            Ok((doomed, events, next_rv - rv))
+        })?;
         self.damaged
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&root_key);
-        for d in &deleted {
-            let _ = self.events.send(Event::Deleted(d.clone()));
-        }
         Ok(deleted)
     }
+}
+
+/// How a write treats an object that exists (or not).
+enum Put {
+    Create,
+    Replace(Option<String>),
+    Upsert,
+}
+
+fn now_seconds() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_default()
+        .to_string()
 }

@@ -386,3 +386,59 @@ fn a_damaged_record_written_anew_is_whole() {
         written["spec"]
     );
 }
+
+/// The operations the Kubernetes API needs: create refuses an existing name; replace checks
+/// the resourceVersion; a watch starts at any recent resourceVersion and sees each later
+/// change once, in order, deletions included; an older one is Gone; orphaning keeps children.
+#[test]
+fn kubernetes_api_semantics() {
+    let d = dir();
+    let s = Store::open(&d.0.join("state.redb")).unwrap();
+    let a = s.create(svc("v1", json!({}))).unwrap();
+    assert!(matches!(s.create(svc("v1", json!({}))), Err(StoreError::AlreadyExists { .. })));
+    let stale = a["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let b = s.replace(svc("v2", json!({})), Some(&stale)).unwrap();
+    assert_eq!(b["metadata"]["generation"], 2);
+    assert!(matches!(s.replace(svc("v3", json!({})), Some(&stale)), Err(StoreError::Conflict { .. })));
+    let mut missing = svc("v1", json!({}));
+    missing["metadata"]["name"] = json!("missing");
+    assert!(matches!(s.replace(missing, None), Err(StoreError::NotFound { .. })));
+
+    let from = rv(&a);
+    let child = s.create(child("Route", "hello", &b)).unwrap();
+    let gone = s
+        .delete_with("Service", "default", "hello", store::Propagation::Orphan, None)
+        .unwrap();
+    assert_eq!(gone.len(), 1);
+    let orphan = s.get("Route", "default", "hello").unwrap().unwrap();
+    assert_eq!(orphan["metadata"]["ownerReferences"], json!([]));
+    assert!(rv(&orphan) > rv(&child));
+
+    let w = s.watch_from(from).unwrap();
+    let seen: Vec<(String, u64)> = w
+        .backlog
+        .iter()
+        .map(|e| {
+            let what = match e {
+                Event::Added(o) | Event::Modified(o) | Event::Deleted(o) => {
+                    format!("{:?} {}", std::mem::discriminant(e), o["kind"].as_str().unwrap())
+                }
+            };
+            (what, e.resource_version())
+        })
+        .collect();
+    assert_eq!(seen.len(), 4, "replace, route create, orphaning, delete: {seen:?}");
+    assert!(seen.windows(2).all(|p| p[0].1 < p[1].1), "in order: {seen:?}");
+    assert!(matches!(w.backlog.last(), Some(Event::Deleted(o)) if rv(o) == s.resource_version().unwrap()));
+    // Namespaces are cluster-scoped.
+    let ns = s.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}})).unwrap();
+    assert!(ns["metadata"].get("namespace").is_none());
+    assert!(s.get("Namespace", "", "team").unwrap().is_some());
+    // Past the history: Gone.
+    for i in 0..store::HISTORY + 1 {
+        let mut o = svc("v1", json!({}));
+        o["metadata"]["name"] = json!(format!("s{i}"));
+        s.create(o).unwrap();
+    }
+    assert!(matches!(s.watch_from(from), Err(StoreError::Gone { .. })));
+}
