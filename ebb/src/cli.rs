@@ -1,5 +1,6 @@
 //! The `ebb` command line: kubectl's verbs (apply, get, describe, delete, logs) and kn's
-//! `service create/update` flags, against local mode.
+//! `service create/update` flags — a Kubernetes client, against local mode by default (through
+//! its kubeconfig) or any cluster (`--kubeconfig`, `--context`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
-use crate::client::{Client, ClientError, default_state_dir};
+use serving_api::{Service, ServiceSpec, TrafficTarget};
+
+use crate::client::{Client, ClientError, Target, default_state_dir};
 use crate::runtime::Backend;
 use crate::server::{Settings, UpOptions};
 
@@ -27,6 +30,12 @@ pub struct Cli {
     /// Namespace.
     #[arg(short = 'n', long, global = true, default_value = "default")]
     pub namespace: String,
+    /// Talk to the cluster this kubeconfig names instead of local mode.
+    #[arg(long, global = true, env = "EBB_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Talk to this kubeconfig context (of --kubeconfig, else $KUBECONFIG or ~/.kube/config).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -237,6 +246,11 @@ pub fn kind_name(s: &str) -> anyhow::Result<&'static str> {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let state = cli.state.clone().unwrap_or_else(default_state_dir);
     let ns = cli.namespace.clone();
+    let target = Target {
+        state: state.clone(),
+        kubeconfig: cli.kubeconfig.clone(),
+        context: cli.context.clone(),
+    };
     match cli.command {
         Command::Local(LocalCmd::Up {
             listen,
@@ -293,7 +307,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Local(LocalCmd::Status) => {
-            let client = Client::for_state(&state)?;
+            let client = Client::for_state(&state).await?;
             let s = client.status().await?;
             let e = &s["endpoint"];
             println!("Ebb local mode (pid {})", e["pid"]);
@@ -344,7 +358,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Apply { files, wait } => {
-            let client = Client::for_state(&state)?;
+            let client = Client::connect(&target).await?;
             let mut objs = Vec::new();
             for f in &files {
                 let text = if f == "-" {
@@ -385,7 +399,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Get { kind, name, output } => {
             let kind = kind_name(&kind)?;
-            let client = Client::for_state(&state)?;
+            let client = Client::connect(&target).await?;
             let objs = match &name {
                 Some(n) => vec![refused_exit(client.get(kind, &ns, n).await)?],
                 None => client.list(kind, Some(&ns)).await?,
@@ -411,7 +425,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     if objs.is_empty() {
                         eprintln!("No {kind}s found in namespace {ns}.");
                     } else {
-                        let gateway = client.endpoint.gateway;
+                        let gateway = client.local.as_ref().map(|e| e.gateway);
                         let (head, rows) =
                             listing(kind, &objs, wide == Some(Output::Wide), gateway);
                         table(&head, &rows);
@@ -422,36 +436,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Describe { kind, name } => {
             let kind = kind_name(&kind)?;
-            let client = Client::for_state(&state)?;
+            let client = Client::connect(&target).await?;
             let obj = refused_exit(client.get(kind, &ns, &name).await)?;
             let related = if kind == "Service" {
                 client.list("Revision", Some(&ns)).await?
             } else {
                 Vec::new()
             };
-            describe(kind, &obj, &related, client.endpoint.gateway);
+            // What a cluster would list under `kubectl describe`: the object's Events.
+            let uid = obj["metadata"]["uid"].clone();
+            let mut events: Vec<Value> = client
+                .list("Event", Some(&ns))
+                .await?
+                .into_iter()
+                .filter(|e| e["involvedObject"]["uid"] == uid)
+                .collect();
+            events.sort_by(|a, b| {
+                a["lastTimestamp"]
+                    .as_str()
+                    .cmp(&b["lastTimestamp"].as_str())
+            });
+            describe(
+                kind,
+                &obj,
+                &related,
+                &events,
+                client.local.as_ref().map(|e| e.gateway),
+            );
             Ok(0)
         }
         Command::Delete { kind, name } => {
             let kind = kind_name(&kind)?;
-            let client = Client::for_state(&state)?;
-            let deleted = refused_exit(client.delete(kind, &ns, &name).await)?;
-            for d in deleted {
-                println!(
-                    "{}/{} deleted",
-                    d["kind"].as_str().unwrap_or_default().to_lowercase(),
-                    d["metadata"]["name"].as_str().unwrap_or_default()
-                );
-            }
+            let client = Client::connect(&target).await?;
+            refused_exit(client.delete(kind, &ns, &name).await)?;
+            // What it owned goes with it (on the server, as `kubectl delete` does).
+            println!("{}/{name} deleted", kind.to_lowercase());
             Ok(0)
         }
-        Command::Service(cmd) => service(cmd, &state, &ns).await,
+        Command::Service(cmd) => service(cmd, &target, &ns).await,
         Command::Logs {
             service,
             revision,
             follow,
         } => {
-            let client = Client::for_state(&state)?;
+            let client = Client::connect(&target).await?;
             logs(&client, &ns, &service, revision.as_deref(), follow).await
         }
     }
@@ -462,119 +490,118 @@ fn refused_exit<T>(r: Result<T, ClientError>) -> anyhow::Result<T> {
     r.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn set_map(map: &mut Value, entries: &[String], flag: &str) -> anyhow::Result<()> {
-    if !map.is_object() {
-        *map = json!({});
-    }
+/// Set (`K=V`) or remove (`K-`) entries of a string map; `None` when it ends up empty.
+fn set_map(
+    map: &mut Option<BTreeMap<String, String>>,
+    entries: &[String],
+    flag: &str,
+) -> anyhow::Result<()> {
+    let mut m = map.take().unwrap_or_default();
     for e in entries {
-        let (k, v) = split_kv(e, flag)?;
-        match (v, map.as_object_mut()) {
-            (Some(v), Some(m)) => {
-                m.insert(k, json!(v));
+        match split_kv(e, flag)? {
+            (k, Some(v)) => {
+                m.insert(k, v);
             }
-            (None, Some(m)) => {
+            (k, None) => {
                 m.remove(&k);
             }
-            _ => {}
         }
     }
-    if map.as_object().is_some_and(|m| m.is_empty()) {
-        *map = Value::Null;
-    }
+    *map = (!m.is_empty()).then_some(m);
     Ok(())
 }
 
 /// Apply kn-style flags to a Service's template.
-fn edit_template(svc: &mut Value, t: &TemplateArgs) -> anyhow::Result<()> {
-    let tpl = &mut svc["spec"]["template"];
-    let c = &mut tpl["spec"]["containers"][0];
+fn edit_template(svc: &mut Service, t: &TemplateArgs) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar};
+    let tpl = &mut svc.spec.configuration.template;
+    if tpl.spec.pod.containers.is_empty() {
+        tpl.spec.pod.containers.push(Container::default());
+    }
+    let c = &mut tpl.spec.pod.containers[0];
     if let Some(cmd) = &t.cmd {
-        c["command"] = json!([cmd]);
-        if t.image.is_none() && c["image"].is_null() {
+        c.command = Some(vec![cmd.clone()]);
+        if t.image.is_none() && c.image.is_none() {
             // The process runtime runs the command; the image names what runs.
-            c["image"] = json!(cmd);
+            c.image = Some(cmd.clone());
         }
     }
     if let Some(image) = &t.image {
-        c["image"] = json!(image);
+        c.image = Some(image.clone());
     }
     if !t.args.is_empty() {
-        c["args"] = json!(t.args);
+        c.args = Some(t.args.clone());
     }
     if !t.env.is_empty() {
-        let mut env: Vec<Value> = c["env"].as_array().cloned().unwrap_or_default();
+        let mut env = c.env.take().unwrap_or_default();
         for e in &t.env {
             let (k, v) = split_kv(e, "env")?;
-            env.retain(|x| x["name"] != json!(k));
+            env.retain(|x| x.name != k);
             if let Some(v) = v {
-                env.push(json!({ "name": k, "value": v }));
+                env.push(EnvVar {
+                    name: k,
+                    value: Some(v),
+                    ..EnvVar::default()
+                });
             }
         }
-        c["env"] = if env.is_empty() {
-            Value::Null
-        } else {
-            json!(env)
-        };
+        c.env = (!env.is_empty()).then_some(env);
     }
     if let Some(port) = t.port {
-        c["ports"] = json!([{ "containerPort": port }]);
+        c.ports = Some(vec![ContainerPort {
+            container_port: port,
+            ..ContainerPort::default()
+        }]);
     }
     if let Some(cc) = t.concurrency_limit {
-        tpl["spec"]["containerConcurrency"] = json!(cc);
+        tpl.spec.container_concurrency = Some(cc);
     }
     let mut annotations: Vec<String> = t.annotation.clone();
     if let Some(n) = t.scale_min {
-        annotations.push(format!("autoscaling.knative.dev/min-scale={n}"));
+        annotations.push(format!("{}={n}", serving_api::autoscaling::MIN_SCALE));
     }
     if let Some(n) = t.scale_max {
-        annotations.push(format!("autoscaling.knative.dev/max-scale={n}"));
+        annotations.push(format!("{}={n}", serving_api::autoscaling::MAX_SCALE));
     }
     if !annotations.is_empty() {
-        set_map(
-            &mut tpl["metadata"]["annotations"],
-            &annotations,
-            "annotation",
-        )?;
+        set_map(&mut tpl.metadata.annotations, &annotations, "annotation")?;
     }
     // A new template needs a new name (or none): a user-chosen name belongs to one template.
-    match &t.revision_name {
-        Some(n) => tpl["metadata"]["name"] = json!(n),
-        None => {
-            if let Some(m) = tpl.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.remove("name");
-            }
-        }
-    }
+    tpl.metadata.name = t.revision_name.clone();
     Ok(())
 }
 
 /// `--traffic a=50,@latest=50` and `--tag a=old` on a Service's traffic block, as kn does.
 fn edit_traffic(
-    svc: &mut Value,
+    svc: &mut Service,
     traffic: &[String],
     tags: &[String],
     untags: &[String],
 ) -> anyhow::Result<()> {
-    let target = |rev: &str| -> Value {
+    let target = |rev: &str| -> TrafficTarget {
         if rev == "@latest" {
-            json!({ "latestRevision": true })
+            TrafficTarget {
+                latest_revision: Some(true),
+                ..TrafficTarget::default()
+            }
         } else {
-            json!({ "revisionName": rev, "latestRevision": false })
+            TrafficTarget {
+                revision_name: Some(rev.to_string()),
+                latest_revision: Some(false),
+                ..TrafficTarget::default()
+            }
         }
     };
-    let same = |t: &Value, rev: &str| -> bool {
+    let same = |t: &TrafficTarget, rev: &str| -> bool {
         if rev == "@latest" {
-            t["latestRevision"] == json!(true)
+            t.latest_revision == Some(true)
         } else {
-            t["revisionName"] == json!(rev)
+            t.revision_name.as_deref() == Some(rev)
         }
     };
-    let mut list: Vec<Value> = svc["spec"]["traffic"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let mut list = std::mem::take(&mut svc.spec.route.traffic);
     if !traffic.is_empty() {
-        let mut new = Vec::new();
+        let mut new: Vec<TrafficTarget> = Vec::new();
         for spec in traffic
             .iter()
             .flat_map(|s| s.split(','))
@@ -589,30 +616,27 @@ fn edit_traffic(
             // A tag name may stand for the revision it tags.
             let resolved = list
                 .iter()
-                .find(|t| t["tag"] == json!(rev))
+                .find(|t| t.tag.as_deref() == Some(rev))
                 .map(|t| {
-                    if t["latestRevision"] == json!(true) {
+                    if t.latest_revision == Some(true) {
                         "@latest".to_string()
                     } else {
-                        t["revisionName"].as_str().unwrap_or(rev).to_string()
+                        t.revision_name.clone().unwrap_or_else(|| rev.to_string())
                     }
                 })
                 .unwrap_or_else(|| rev.to_string());
             let mut t = target(&resolved);
-            if let Some(old) = list
-                .iter()
-                .find(|t| same(t, &resolved) && !t["tag"].is_null())
-            {
-                t["tag"] = old["tag"].clone();
+            if let Some(old) = list.iter().find(|t| same(t, &resolved) && t.tag.is_some()) {
+                t.tag = old.tag.clone();
             }
-            t["percent"] = json!(pct);
+            t.percent = Some(pct);
             new.push(t);
         }
         // Tagged targets that received no traffic keep their tag at 0%.
         for old in &list {
-            if !old["tag"].is_null() && !new.iter().any(|n| n["tag"] == old["tag"]) {
+            if old.tag.is_some() && !new.iter().any(|n| n.tag == old.tag) {
                 let mut t = old.clone();
-                t["percent"] = json!(0);
+                t.percent = Some(0);
                 new.push(t);
             }
         }
@@ -621,59 +645,56 @@ fn edit_traffic(
     for u in untags {
         let mut found = false;
         for t in list.iter_mut() {
-            if t["tag"] == json!(u) {
-                t.as_object_mut().map(|m| m.remove("tag"));
+            if t.tag.as_deref() == Some(u.as_str()) {
+                t.tag = None;
                 found = true;
             }
         }
         if !found {
             anyhow::bail!("--untag {u}: no traffic target has this tag");
         }
-        list.retain(|t| !(t["tag"].is_null() && t["percent"].as_i64().unwrap_or(0) == 0));
+        list.retain(|t| !(t.tag.is_none() && t.percent.unwrap_or(0) == 0));
     }
     for spec in tags {
         let (rev, tag) = spec.split_once('=').ok_or_else(|| {
             anyhow::anyhow!("--tag {spec:?}: expected REVISION=TAG or @latest=TAG")
         })?;
-        if let Some(t) = list.iter_mut().find(|t| same(t, rev) && t["tag"].is_null()) {
-            t["tag"] = json!(tag);
+        if let Some(t) = list.iter_mut().find(|t| same(t, rev) && t.tag.is_none()) {
+            t.tag = Some(tag.to_string());
         } else {
             let mut t = target(rev);
-            t["tag"] = json!(tag);
-            t["percent"] = json!(0);
+            t.tag = Some(tag.to_string());
+            t.percent = Some(0);
             list.push(t);
         }
     }
-    svc["spec"]["traffic"] = json!(list);
+    svc.spec.route.traffic = list;
     Ok(())
 }
 
-async fn service(cmd: ServiceCmd, state: &std::path::Path, ns: &str) -> anyhow::Result<i32> {
-    let client = Client::for_state(state)?;
-    let (name, svc, wait) = match cmd {
+async fn service(cmd: ServiceCmd, target: &Target, ns: &str) -> anyhow::Result<i32> {
+    let client = Client::connect(target).await?;
+    let (name, wait) = match cmd {
         ServiceCmd::Create {
             name,
             template,
             wait,
         } => {
-            match client.get("Service", ns, &name).await {
-                Ok(_) => anyhow::bail!(
-                    "service {name:?} already exists in namespace {ns} (use `ebb service update`)"
-                ),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.into()),
-            }
             if template.image.is_none() && template.cmd.is_none() {
                 anyhow::bail!("service create: --image or --cmd is required");
             }
-            let mut svc = json!({
-                "apiVersion": "serving.knative.dev/v1",
-                "kind": "Service",
-                "metadata": { "name": name, "namespace": ns },
-                "spec": { "template": { "spec": { "containers": [{}] } } },
-            });
+            let mut svc = Service::new(&name, ServiceSpec::default());
+            svc.metadata.namespace = Some(ns.to_string());
             edit_template(&mut svc, &template)?;
-            (name, svc, wait)
+            match client.create_service(&svc).await {
+                Ok(_) => {}
+                Err(ClientError::Refused(_, 409)) => anyhow::bail!(
+                    "service {name:?} already exists in namespace {ns} (use `ebb service update`)"
+                ),
+                Err(e) => return Err(anyhow::anyhow!("{e}")),
+            }
+            println!("Service '{name}' created in namespace '{ns}'.");
+            (name, wait)
         }
         ServiceCmd::Update {
             name,
@@ -683,26 +704,25 @@ async fn service(cmd: ServiceCmd, state: &std::path::Path, ns: &str) -> anyhow::
             untag,
             wait,
         } => {
-            let mut svc = refused_exit(client.get("Service", ns, &name).await)?;
-            if let Some(o) = svc.as_object_mut() {
-                o.remove("status");
+            let (_, changed) = client
+                .update_service(ns, &name, |svc| {
+                    if !template.is_empty() {
+                        edit_template(svc, &template)?;
+                    }
+                    if !traffic.is_empty() || !tag.is_empty() || !untag.is_empty() {
+                        edit_traffic(svc, &traffic, &tag, &untag)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            let result = if changed { "configured" } else { "unchanged" };
+            println!("Service '{name}' {result} in namespace '{ns}'.");
+            if !changed {
+                return Ok(0);
             }
-            if !template.is_empty() {
-                edit_template(&mut svc, &template)?;
-            }
-            if !traffic.is_empty() || !tag.is_empty() || !untag.is_empty() {
-                edit_traffic(&mut svc, &traffic, &tag, &untag)?;
-            }
-            (name, svc, wait)
+            (name, wait)
         }
     };
-    let applied = refused_exit(client.apply(vec![svc]).await)?;
-    for a in &applied {
-        println!(
-            "Service '{}' {} in namespace '{}'.",
-            a.name, a.result, a.namespace
-        );
-    }
     if wait.no_wait {
         return Ok(0);
     }
@@ -720,12 +740,13 @@ fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == json!(type_))
 }
 
-/// The URL with the gateway's port, so it works in curl as printed.
-pub fn reachable_url(url: &str, gateway: SocketAddr) -> String {
-    if url.is_empty() || gateway.port() == 80 {
-        return url.to_string();
+/// The URL with local mode's gateway port, so it works in curl as printed (a cluster's URLs
+/// are printed as they are).
+pub fn reachable_url(url: &str, gateway: Option<SocketAddr>) -> String {
+    match gateway {
+        Some(g) if !url.is_empty() && g.port() != 80 => format!("{url}:{}", g.port()),
+        _ => url.to_string(),
     }
-    format!("{url}:{}", gateway.port())
 }
 
 /// Wait until the Service has observed its generation and is Ready (true) or failed (false),
@@ -769,7 +790,7 @@ async fn wait_ready(
                 println!(
                     "Service '{name}' is Ready ({:.1}s):\n{}",
                     started.elapsed().as_secs_f64(),
-                    reachable_url(url, client.endpoint.gateway)
+                    reachable_url(url, client.local.as_ref().map(|e| e.gateway))
                 );
                 return Ok(true);
             }
@@ -886,7 +907,7 @@ fn listing(
     kind: &str,
     objs: &[Value],
     wide: bool,
-    gateway: SocketAddr,
+    gateway: Option<SocketAddr>,
 ) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let mut rows = Vec::new();
     let head: Vec<&'static str> = match kind {
@@ -987,7 +1008,13 @@ fn listing(
     (head, rows)
 }
 
-fn describe(kind: &str, o: &Value, revisions: &[Value], gateway: SocketAddr) {
+fn describe(
+    kind: &str,
+    o: &Value,
+    revisions: &[Value],
+    events: &[Value],
+    gateway: Option<SocketAddr>,
+) {
     println!("Name:         {}", s(&o["metadata"]["name"]));
     println!("Namespace:    {}", s(&o["metadata"]["namespace"]));
     println!("Kind:         {kind}");
@@ -1080,6 +1107,26 @@ fn describe(kind: &str, o: &Value, revisions: &[Value], gateway: SocketAddr) {
         })
         .collect();
     table(&["OK", "TYPE", "REASON", "MESSAGE"], &rows);
+    if !events.is_empty() {
+        println!("Events:");
+        let rows: Vec<Vec<String>> = events
+            .iter()
+            .map(|e| {
+                let count = e["count"].as_i64().unwrap_or(1);
+                vec![
+                    s(&e["type"]),
+                    s(&e["reason"]),
+                    if count > 1 {
+                        format!("x{count}")
+                    } else {
+                        String::new()
+                    },
+                    s(&e["message"]),
+                ]
+            })
+            .collect();
+        table(&["TYPE", "REASON", "COUNT", "MESSAGE"], &rows);
+    }
 }
 
 async fn logs(
@@ -1104,7 +1151,10 @@ async fn logs(
                 .collect()
         }
     };
-    let root = client.endpoint.state.join("logs").join(ns);
+    let Some(local) = &client.local else {
+        anyhow::bail!("logs: instance logs are local mode's (on a cluster: kubectl logs)");
+    };
+    let root = local.state.join("logs").join(ns);
     let mut offsets: BTreeMap<PathBuf, u64> = BTreeMap::new();
     loop {
         let mut files: Vec<PathBuf> = revs
@@ -1152,8 +1202,17 @@ async fn logs(
 mod tests {
     use super::*;
 
-    fn svc(traffic: Value) -> Value {
-        json!({ "spec": { "template": { "spec": { "containers": [{ "image": "hello" }] } }, "traffic": traffic } })
+    fn svc(traffic: Value) -> Service {
+        let mut v = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "hello"},
+            "spec": { "template": { "spec": { "containers": [{ "image": "hello" }] } } } });
+        if !traffic.is_null() {
+            v["spec"]["traffic"] = traffic;
+        }
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn v(s: &Service) -> Value {
+        serde_json::to_value(s).unwrap_or_default()
     }
 
     #[test]
@@ -1162,7 +1221,7 @@ mod tests {
         edit_traffic(&mut s, &["hello-00001=30,@latest=70".into()], &[], &[])
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            s["spec"]["traffic"],
+            v(&s)["spec"]["traffic"],
             json!([
                 { "revisionName": "hello-00001", "latestRevision": false, "percent": 30 },
                 { "latestRevision": true, "percent": 70 },
@@ -1175,21 +1234,21 @@ mod tests {
             &[],
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(s["spec"]["traffic"][0]["tag"], json!("old"));
+        assert_eq!(v(&s)["spec"]["traffic"][0]["tag"], json!("old"));
         assert_eq!(
-            s["spec"]["traffic"][2],
+            v(&s)["spec"]["traffic"][2],
             json!({ "revisionName": "hello-00003", "latestRevision": false, "tag": "next", "percent": 0 })
         );
         // A tag stands for its revision; tagged targets without traffic keep their tag at 0%.
         edit_traffic(&mut s, &["old=100".into()], &[], &[]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(s["spec"]["traffic"][0]["percent"], json!(100));
+        assert_eq!(v(&s)["spec"]["traffic"][0]["percent"], json!(100));
         assert_eq!(
-            s["spec"]["traffic"][0]["revisionName"],
+            v(&s)["spec"]["traffic"][0]["revisionName"],
             json!("hello-00001")
         );
-        assert_eq!(s["spec"]["traffic"][1]["tag"], json!("next"));
+        assert_eq!(v(&s)["spec"]["traffic"][1]["tag"], json!("next"));
         edit_traffic(&mut s, &[], &[], &["next".into()]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(s["spec"]["traffic"].as_array().map(Vec::len), Some(1));
+        assert_eq!(v(&s)["spec"]["traffic"].as_array().map(Vec::len), Some(1));
         let bad = edit_traffic(&mut s, &["hello-00001".into()], &[], &[]);
         assert!(bad.is_err_and(|e| e.to_string().contains("--traffic \"hello-00001\"")));
     }
@@ -1210,7 +1269,8 @@ mod tests {
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let t = &s["spec"]["template"];
+        let j = v(&s);
+        let t = &j["spec"]["template"];
         assert_eq!(t["spec"]["containers"][0]["command"], json!(["hello"]));
         assert_eq!(
             t["spec"]["containers"][0]["args"],
@@ -1237,7 +1297,7 @@ mod tests {
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        assert!(s["spec"]["template"]["spec"]["containers"][0]["env"].is_null());
+        assert!(v(&s)["spec"]["template"]["spec"]["containers"][0]["env"].is_null());
         let bad = edit_template(
             &mut s,
             &TemplateArgs {

@@ -6,6 +6,5 @@
 
 pub mod cli;
 pub mod client;
-pub mod guard;
 pub mod runtime;
 pub mod server;

@@ -1,13 +1,12 @@
 //! `ebb local up`: the control plane (the same reconcilers as Kubernetes mode), the autoscaler,
 //! the gateway (activator) and the instance runtime in one process, over the embedded store.
 //!
-//! The CLI talks to it through a small HTTP API on loopback, found through `ebb.json` in the
-//! state directory. The API is Ebb's own (apply, get, list, delete, status), not the Kubernetes
-//! API: local mode has no RBAC, watches or field managers to serve. Every request must carry
-//! the token in `ebb.json` (readable only by the user) and pass [`crate::guard`]'s checks.
+//! It serves the Kubernetes API for what it holds (the `apiserver` crate) on loopback, found
+//! through `STATE/kubeconfig` (kubectl, kn, client-go, kube-rs and the `ebb` CLI all use it)
+//! and `STATE/ebb.json`. Every request must carry the token in those files (readable only by
+//! the user) and pass `apiserver::guard`'s checks.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,18 +18,14 @@ use activator::routes::{Listener, RoutingTable};
 use activator::throttler::Limits;
 use autoscaler::collector::RevisionKey;
 use autoscaler::runner::Runner;
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use serving_api::Route;
 use serving_api::config::{
     AutoscalerConfig, DefaultsConfig, DeploymentConfig, DomainConfig, NetworkConfig,
 };
 use serving_api::validation::ValidationConfig;
-use serving_api::{Configuration, Route, Service};
 use serving_controller::local::{LocalConfig, settle};
 use store::Store;
 use tokio::net::TcpListener;
@@ -52,6 +47,12 @@ pub struct Endpoint {
 }
 
 pub const ENDPOINT_FILE: &str = "ebb.json";
+
+/// The kubeconfig `ebb local up` writes for its API (0600).
+pub const KUBECONFIG_FILE: &str = "kubeconfig";
+
+/// Local mode's status, beside the Kubernetes API.
+pub const STATUS_PATH: &str = "/ebb/v1/status";
 
 /// The Knative config maps local mode reads (`--config FILE`, the `config/core/*.yaml` format).
 #[derive(Clone, Debug)]
@@ -120,7 +121,7 @@ impl Settings {
         }
     }
 
-    fn validation(&self) -> ValidationConfig {
+    pub fn validation(&self) -> ValidationConfig {
         ValidationConfig {
             defaults: self.defaults.clone(),
             autoscaler: self.autoscaler.clone(),
@@ -163,7 +164,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         std::fs::set_permissions(&opts.state, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| anyhow::anyhow!("state directory {}: {e}", opts.state.display()))?;
     }
-    let token = crate::guard::new_token()
+    let token = apiserver::guard::new_token()
         .map_err(|e| anyhow::anyhow!("cannot make the API token (/dev/urandom): {e}"))?;
     if opts.reset {
         Store::reset_dir(&opts.state)
@@ -187,6 +188,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             d.namespace
         );
     }
+    apiserver::ensure_default_namespace(&store)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", opts.state.join(store::STORE_FILE).display()))?;
     let store = Arc::new(store);
     let reaped = crate::runtime::reap_orphans(&opts.state, &opts.backend);
     if reaped > 0 {
@@ -295,35 +298,64 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         opts.grace,
     ));
 
-    // API.
-    let api = Arc::new(Api {
+    // The Kubernetes API.
+    let endpoint = Endpoint {
+        pid: std::process::id(),
+        api: api_addr,
+        gateway: gateway_addr,
+        runtime: opts.backend.name().into(),
+        state: opts.state.clone(),
+        token: token.clone(),
+    };
+    let api = Arc::new(apiserver::Api {
         store: store.clone(),
-        settings: opts.settings.clone(),
-        runtime: runtime.clone(),
-        revisions: revisions.clone(),
-        gateway_metrics,
-        autoscaler_metrics,
-        endpoint: Endpoint {
-            pid: std::process::id(),
-            api: api_addr,
-            gateway: gateway_addr,
-            runtime: opts.backend.name().into(),
-            state: opts.state.clone(),
-            token,
+        catalog: apiserver::catalog::Catalog::new(),
+        admission: apiserver::admission::Admission {
+            defaults: opts.settings.defaults.clone(),
+            validation: opts.settings.validation(),
         },
+        token: token.clone(),
+        user: std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "ebb-local-user".into()),
+        addr: api_addr,
+        extras: Some(Arc::new(LocalExtras {
+            runtime: runtime.clone(),
+            revisions: revisions.clone(),
+            gateway_metrics,
+            autoscaler_metrics,
+            endpoint: endpoint.clone(),
+        })),
     });
-    let api_task = tokio::spawn(serve_api(api_listener, api.clone()));
+    let tls = apiserver::tls::loopback().map_err(anyhow::Error::msg)?;
+    let api_task = tokio::spawn(apiserver::serve(
+        api_listener,
+        api,
+        Some(tls.acceptor.clone()),
+        shutdown_rx.clone(),
+    ));
 
+    let kubeconfig_file = opts.state.join(KUBECONFIG_FILE);
+    write_private(
+        &kubeconfig_file,
+        kubeconfig(api_addr, &tls.ca_pem, &token).as_bytes(),
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", kubeconfig_file.display()))?;
     let endpoint_file = opts.state.join(ENDPOINT_FILE);
     let tmp = opts.state.join(format!("{ENDPOINT_FILE}.tmp"));
-    write_private(&tmp, &serde_json::to_vec_pretty(&api.endpoint)?)
+    write_private(&tmp, &serde_json::to_vec_pretty(&endpoint)?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &endpoint_file)
         .map_err(|e| anyhow::anyhow!("{}: {e}", endpoint_file.display()))?;
     println!(
-        "ebb local mode: gateway http://{gateway_addr}  api http://{api_addr}  runtime {}  state {}",
+        "ebb local mode: gateway http://{gateway_addr}  api https://{api_addr}  runtime {}  state {}",
         opts.backend.name(),
         opts.state.display()
+    );
+    println!(
+        "kubectl and other Kubernetes clients: export KUBECONFIG={}",
+        kubeconfig_file.display()
     );
 
     wait_for_signal().await;
@@ -484,9 +516,9 @@ fn mark_damaged(
     *marked = now_damaged;
 }
 
-struct Api {
-    store: Arc<Store>,
-    settings: Settings,
+/// Local mode's endpoints beside the Kubernetes API: Prometheus metrics of the gateway and
+/// the autoscaler, and the runtime's status (`ebb local status`).
+struct LocalExtras {
     runtime: Arc<Runtime>,
     revisions: Arc<Revisions>,
     gateway_metrics: Arc<activator::metrics::Metrics>,
@@ -494,272 +526,49 @@ struct Api {
     endpoint: Endpoint,
 }
 
-async fn serve_api(listener: TcpListener, api: Arc<Api>) {
-    loop {
-        let (stream, _) = http1::accept::accept(&listener).await;
-        let api = api.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(api.handle(req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
-
-fn reply(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
-    reply(status, &json!({ "errors": [message.into()] }))
-}
-
-/// The kinds the API serves, by their Kubernetes kind name.
-pub const KINDS: [&str; 4] = ["Service", "Configuration", "Revision", "Route"];
-
-/// What applying one object did.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Applied {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    /// created, configured or unchanged (kubectl's words).
-    pub result: String,
-}
-
-/// Default and validate an object as Knative's webhook does. Errors are prefixed with the
-/// object, one line per violated rule.
-pub fn admit(mut obj: Value, settings: &Settings) -> Result<Value, Vec<String>> {
-    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-    let name = obj["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    if obj["metadata"]["namespace"]
-        .as_str()
-        .is_none_or(str::is_empty)
-    {
-        obj["metadata"]["namespace"] = "default".into();
-    }
-    let ns = obj["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or("default")
-        .to_string();
-    let who = format!("{kind} {ns}/{name}");
-    if obj["apiVersion"] != "serving.knative.dev/v1" {
-        return Err(vec![format!(
-            "{who}: apiVersion: invalid value {}: must be serving.knative.dev/v1",
-            obj["apiVersion"]
-        )]);
-    }
-    if let Some(m) = obj["metadata"].as_object_mut() {
-        for k in ["uid", "resourceVersion", "generation", "creationTimestamp"] {
-            m.remove(k);
+impl apiserver::Extras for LocalExtras {
+    fn handle(&self, method: &Method, path: &str) -> Option<(StatusCode, &'static str, Vec<u8>)> {
+        if method != Method::GET {
+            return None;
         }
-    }
-    let prefix = |errs: serving_api::ValidationErrors| -> Vec<String> {
-        errs.0.iter().map(|e| format!("{who}: {e}")).collect()
-    };
-    let parse_err = |e: serde_json::Error| vec![format!("{who}: {e}")];
-    let cfg = settings.validation();
-    let out = match kind.as_str() {
-        "Service" => {
-            let mut s: Service = serde_json::from_value(obj).map_err(parse_err)?;
-            serving_api::defaults::default_service(&mut s, &settings.defaults);
-            serving_api::validation::validate_service(&s, &cfg).map_err(prefix)?;
-            serde_json::to_value(&s)
-        }
-        "Configuration" => {
-            let mut c: Configuration = serde_json::from_value(obj).map_err(parse_err)?;
-            serving_api::defaults::default_configuration(&mut c, &settings.defaults);
-            serving_api::validation::validate_configuration(&c, &cfg).map_err(prefix)?;
-            serde_json::to_value(&c)
-        }
-        "Route" => {
-            let mut r: Route = serde_json::from_value(obj).map_err(parse_err)?;
-            serving_api::defaults::default_route(&mut r);
-            serving_api::validation::validate_route(&r, &cfg).map_err(prefix)?;
-            serde_json::to_value(&r)
-        }
-        "Revision" => {
-            return Err(vec![format!(
-                "{who}: Revisions are created by Configurations (apply a Service or Configuration)"
-            )]);
-        }
-        other => {
-            return Err(vec![format!(
-                "{who}: kind {other:?} is not served (Service, Configuration, Route)"
-            )]);
-        }
-    };
-    let mut v = out.map_err(|e| vec![format!("{who}: {e}")])?;
-    if let Some(m) = v.as_object_mut() {
-        m.remove("status");
-    }
-    Ok(v)
-}
-
-fn kind_of(segment: &str) -> Option<&'static str> {
-    KINDS
-        .iter()
-        .copied()
-        .find(|k| k.eq_ignore_ascii_case(segment))
-}
-
-impl Api {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let has_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
-            || req
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() != b"0");
-        if let Err(crate::guard::Denied(status, why)) = crate::guard::check(
-            req.method(),
-            req.headers(),
-            has_body,
-            self.endpoint.api,
-            &self.endpoint.token,
-        ) {
-            return error(status, why);
-        }
-        let path = req.uri().path().trim_matches('/').to_string();
-        let query = req.uri().query().unwrap_or_default().to_string();
-        let parts: Vec<&str> = path.split('/').collect();
-        match (req.method().clone(), parts.as_slice()) {
-            (Method::GET, ["v1", "status"]) => reply(StatusCode::OK, &self.status()),
-            (Method::GET, ["metrics"]) => {
+        match path {
+            "/metrics" => {
                 let text = self.gateway_metrics.encode(&self.revisions)
                     + &self.autoscaler_metrics.encode();
-                let mut r = Response::new(Full::new(Bytes::from(text)));
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                r
+                Some((
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    text.into_bytes(),
+                ))
             }
-            (Method::POST, ["v1", "apply"]) => {
-                let body = match req.into_body().collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-                };
-                match serde_json::from_slice::<Vec<Value>>(&body) {
-                    Ok(objs) => self.apply(objs),
-                    Err(e) => error(
-                        StatusCode::BAD_REQUEST,
-                        format!("body: must be a JSON array of objects: {e}"),
-                    ),
+            STATUS_PATH => {
+                let mut endpoint = serde_json::to_value(&self.endpoint).unwrap_or_default();
+                if let Some(m) = endpoint.as_object_mut() {
+                    m.remove("token");
                 }
+                let v = json!({
+                    "endpoint": endpoint,
+                    "runtime": self.runtime.backend().name(),
+                    "instances": self.runtime.instances(),
+                });
+                Some((
+                    StatusCode::OK,
+                    "application/json",
+                    v.to_string().into_bytes(),
+                ))
             }
-            (Method::GET, ["v1", kind]) => {
-                let Some(kind) = kind_of(kind) else {
-                    return error(StatusCode::NOT_FOUND, format!("unknown kind {kind:?}"));
-                };
-                let ns = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("namespace="))
-                    .filter(|n| !n.is_empty());
-                match self.store.list(kind, ns) {
-                    Ok(list) => reply(StatusCode::OK, &Value::Array(list)),
-                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                }
-            }
-            (m @ (Method::GET | Method::DELETE), ["v1", kind, ns, name]) => {
-                let Some(kind) = kind_of(kind) else {
-                    return error(StatusCode::NOT_FOUND, format!("unknown kind {kind:?}"));
-                };
-                let result = if m == Method::GET {
-                    self.store
-                        .get(kind, ns, name)
-                        .map(|o| o.unwrap_or(Value::Null))
-                } else {
-                    self.store.delete(kind, ns, name).map(Value::Array)
-                };
-                match result {
-                    Ok(Value::Null) | Err(store::StoreError::NotFound { .. }) => error(
-                        StatusCode::NOT_FOUND,
-                        format!("{kind} {ns}/{name} not found"),
-                    ),
-                    Ok(v) => reply(StatusCode::OK, &v),
-                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                }
-            }
-            _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+            _ => None,
         }
     }
+}
 
-    /// All or nothing: every object is admitted before any is stored.
-    fn apply(&self, objs: Vec<Value>) -> Response<Full<Bytes>> {
-        let mut admitted = Vec::new();
-        let mut errors = Vec::new();
-        for obj in objs {
-            match admit(obj, &self.settings) {
-                Ok(v) => admitted.push(v),
-                Err(e) => errors.extend(e),
-            }
-        }
-        if !errors.is_empty() {
-            return reply(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &json!({ "errors": errors }),
-            );
-        }
-        let mut results = Vec::new();
-        for obj in admitted {
-            let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-            let ns = obj["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_string();
-            let name = obj["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let before = self.store.get(&kind, &ns, &name).ok().flatten();
-            let same = before.as_ref().is_some_and(|b| {
-                b.get("spec") == obj.get("spec")
-                    && ["labels", "annotations"]
-                        .iter()
-                        .all(|k| b["metadata"].get(*k) == obj["metadata"].get(*k))
-            });
-            let result = if same {
-                "unchanged"
-            } else {
-                if let Err(e) = self.store.apply(obj) {
-                    return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-                }
-                if before.is_none() {
-                    "created"
-                } else {
-                    "configured"
-                }
-            };
-            results.push(Applied {
-                kind,
-                namespace: ns,
-                name,
-                result: result.into(),
-            });
-        }
-        reply(StatusCode::OK, &json!(results))
-    }
-
-    fn status(&self) -> Value {
-        json!({
-            "endpoint": self.endpoint,
-            "runtime": self.runtime.backend().name(),
-            "instances": self.runtime.instances(),
-        })
-    }
+/// The kubeconfig for local mode's API: context `ebb-local`, the CA that signed the API's
+/// certificate, the bearer token.
+pub fn kubeconfig(api: SocketAddr, ca_pem: &str, token: &str) -> String {
+    let ca = apiserver::admission::base64_encode(ca_pem.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: ebb-local\n  cluster:\n    server: https://{api}\n    certificate-authority-data: {ca}\ncontexts:\n- name: ebb-local\n  context:\n    cluster: ebb-local\n    user: ebb-local\n    namespace: default\ncurrent-context: ebb-local\nusers:\n- name: ebb-local\n  user:\n    token: {token}\npreferences: {{}}\n"
+    )
 }
 
 /// The endpoint of a running `ebb local up` for a state directory.

@@ -740,16 +740,18 @@ impl Store {
                     owner["kind"].as_str().unwrap_or(""),
                     owner["metadata"]["name"].as_str().unwrap_or(""),
                 );
-                o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| {
-                    refs.iter().any(|r| match uid {
-                        Some(uid) => r["uid"].as_str() == Some(uid),
-                        None => {
-                            o["metadata"]["namespace"] == owner["metadata"]["namespace"]
-                                && r["kind"].as_str() == Some(owner_kind)
-                                && r["name"].as_str() == Some(owner_name)
-                        }
+                o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| {
+                        refs.iter().any(|r| match uid {
+                            Some(uid) => r["uid"].as_str() == Some(uid),
+                            None => {
+                                o["metadata"]["namespace"] == owner["metadata"]["namespace"]
+                                    && r["kind"].as_str() == Some(owner_kind)
+                                    && r["name"].as_str() == Some(owner_name)
+                            }
+                        })
                     })
-                })
             };
             let mut doomed = vec![root];
             let mut events = Vec::new();

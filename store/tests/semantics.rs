@@ -395,19 +395,37 @@ fn kubernetes_api_semantics() {
     let d = dir();
     let s = Store::open(&d.0.join("state.redb")).unwrap();
     let a = s.create(svc("v1", json!({}))).unwrap();
-    assert!(matches!(s.create(svc("v1", json!({}))), Err(StoreError::AlreadyExists { .. })));
-    let stale = a["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    assert!(matches!(
+        s.create(svc("v1", json!({}))),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    let stale = a["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let b = s.replace(svc("v2", json!({})), Some(&stale)).unwrap();
     assert_eq!(b["metadata"]["generation"], 2);
-    assert!(matches!(s.replace(svc("v3", json!({})), Some(&stale)), Err(StoreError::Conflict { .. })));
+    assert!(matches!(
+        s.replace(svc("v3", json!({})), Some(&stale)),
+        Err(StoreError::Conflict { .. })
+    ));
     let mut missing = svc("v1", json!({}));
     missing["metadata"]["name"] = json!("missing");
-    assert!(matches!(s.replace(missing, None), Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        s.replace(missing, None),
+        Err(StoreError::NotFound { .. })
+    ));
 
     let from = rv(&a);
     let child = s.create(child("Route", "hello", &b)).unwrap();
     let gone = s
-        .delete_with("Service", "default", "hello", store::Propagation::Orphan, None)
+        .delete_with(
+            "Service",
+            "default",
+            "hello",
+            store::Propagation::Orphan,
+            None,
+        )
         .unwrap();
     assert_eq!(gone.len(), 1);
     let orphan = s.get("Route", "default", "hello").unwrap().unwrap();
@@ -421,17 +439,32 @@ fn kubernetes_api_semantics() {
         .map(|e| {
             let what = match e {
                 Event::Added(o) | Event::Modified(o) | Event::Deleted(o) => {
-                    format!("{:?} {}", std::mem::discriminant(e), o["kind"].as_str().unwrap())
+                    format!(
+                        "{:?} {}",
+                        std::mem::discriminant(e),
+                        o["kind"].as_str().unwrap()
+                    )
                 }
             };
             (what, e.resource_version())
         })
         .collect();
-    assert_eq!(seen.len(), 4, "replace, route create, orphaning, delete: {seen:?}");
-    assert!(seen.windows(2).all(|p| p[0].1 < p[1].1), "in order: {seen:?}");
-    assert!(matches!(w.backlog.last(), Some(Event::Deleted(o)) if rv(o) == s.resource_version().unwrap()));
+    assert_eq!(
+        seen.len(),
+        4,
+        "replace, route create, orphaning, delete: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|p| p[0].1 < p[1].1),
+        "in order: {seen:?}"
+    );
+    assert!(
+        matches!(w.backlog.last(), Some(Event::Deleted(o)) if rv(o) == s.resource_version().unwrap())
+    );
     // Namespaces are cluster-scoped.
-    let ns = s.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}})).unwrap();
+    let ns = s
+        .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}))
+        .unwrap();
     assert!(ns["metadata"].get("namespace").is_none());
     assert!(s.get("Namespace", "", "team").unwrap().is_some());
     // Past the history: Gone.

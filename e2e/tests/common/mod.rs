@@ -226,26 +226,36 @@ impl Ebb {
         v["token"].as_str().expect("token in ebb.json").to_string()
     }
 
-    /// A GET on the local API, parsed (blocking; for polling from tests).
+    /// A client for the local API, from `STATE/kubeconfig` (as kubectl would use it).
+    pub async fn kube(&self) -> kube::Client {
+        kube_client(&self.state).await
+    }
+
+    /// A GET on the local API, parsed (blocking, on a thread of its own; for polling from
+    /// tests).
     pub fn api_get(&self, path: &str) -> Value {
-        use std::io::{Read, Write};
-        let token = self.token();
-        let mut s = std::net::TcpStream::connect(self.api).expect("api");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
-            self.api
-        )
-        .expect("write");
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).expect("read");
-        let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
-        serde_json::from_str(body).unwrap_or(Value::Null)
+        let (state, path) = (self.state.clone(), path.to_string());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let client = kube_client(&state).await;
+                let req = http::Request::get(path).body(Vec::new()).expect("request");
+                match client.request_text(req).await {
+                    Ok(text) => serde_json::from_str(&text).unwrap_or(Value::Null),
+                    Err(_) => Value::Null,
+                }
+            })
+        })
+        .join()
+        .unwrap_or(Value::Null)
     }
 
     /// Ready instances of a revision, per the runtime.
     pub fn ready_instances(&self, revision: &str) -> usize {
-        self.api_get("/v1/status")["instances"]
+        self.api_get("/ebb/v1/status")["instances"]
             .as_array()
             .map(|a| {
                 a.iter()
@@ -258,7 +268,7 @@ impl Ebb {
     }
 
     pub fn instances(&self) -> Vec<Value> {
-        self.api_get("/v1/status")["instances"]
+        self.api_get("/ebb/v1/status")["instances"]
             .as_array()
             .cloned()
             .unwrap_or_default()
@@ -276,6 +286,16 @@ impl Drop for Ebb {
         }
         let _ = std::fs::remove_dir_all(&self.state);
     }
+}
+
+/// A client for the local API of the state directory `state`, from its kubeconfig.
+pub async fn kube_client(state: &Path) -> kube::Client {
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(state.join("kubeconfig")).expect("STATE/kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kubeconfig");
+    kube::Client::try_from(config).expect("client")
 }
 
 pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {

@@ -8,8 +8,8 @@
 //!   403: a rebinding page's requests carry its own host name;
 //! - carry no `Origin`, or this API's own, else 403: browsers always send `Origin` on
 //!   cross-origin requests;
-//! - send a body only as JSON (or YAML, or a Kubernetes patch type), else 415: the bodies a
-//!   page can send without a preflight are form and plain-text types.
+//! - send a body only as JSON (or YAML, a Kubernetes patch type, or Kubernetes protobuf),
+//!   else 415: the bodies a page can send without a preflight are form and plain-text types.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -46,8 +46,9 @@ pub fn loopback_host(host: &str) -> bool {
 }
 
 /// Body media types the API takes.
-const BODY_TYPES: [&str; 7] = [
+const BODY_TYPES: [&str; 8] = [
     "application/json",
+    "application/vnd.kubernetes.protobuf",
     "application/yaml",
     "application/merge-patch+json",
     "application/json-patch+json",
@@ -82,8 +83,8 @@ pub fn check(
     }
     if let Some(origin) = headers.get("origin") {
         let ours = [
-            format!("http://{api}"),
-            format!("http://localhost:{}", api.port()),
+            format!("https://{api}"),
+            format!("https://localhost:{}", api.port()),
         ];
         let origin = origin.to_str().unwrap_or("");
         if !ours.iter().any(|o| o == origin) {
@@ -261,7 +262,7 @@ mod tests {
         }
         let own_origin = [
             ("host", "localhost:7000"),
-            ("origin", "http://127.0.0.1:7000"),
+            ("origin", "https://127.0.0.1:7000"),
             ("authorization", "Bearer s3cret"),
             ("content-type", "application/json; charset=utf-8"),
         ];
