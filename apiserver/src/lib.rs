@@ -11,15 +11,13 @@
 //!   and conflicts), delete and deletecollection (propagation policies);
 //! - [`fields`]: `fieldValidation` Strict/Warn/Ignore; [`admission`]: Knative's defaulting and
 //!   validation, creator/lastModifier, core rules, size limits; [`status`]: errors as
-//!   `Status` objects; [`table`]: server-side printing; [`events`]: Events recorded for
-//!   objects; [`guard`]: who may call at all (a bearer token, loopback hosts, no foreign
+//!   `Status` objects; [`table`]: server-side printing; [`guard`]: who may call at all (a bearer token, loopback hosts, no foreign
 //!   origins).
 
 pub mod admission;
 pub mod apply;
 pub mod catalog;
 pub mod discovery;
-pub mod events;
 pub mod fields;
 pub mod guard;
 pub mod openapi;

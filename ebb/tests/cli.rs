@@ -126,3 +126,60 @@ fn one_state_directory_serves_one_ebb() {
     );
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// The CLI is a Kubernetes client: against a cluster (the fake API server standing in for one,
+/// named by a kubeconfig) it applies, lists, updates and deletes Services as it does against
+/// local mode.
+#[test]
+fn the_cli_drives_a_cluster_through_its_kubeconfig() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(testkit::fake_api::FakeApi::start());
+    let dir = temp_state();
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("cluster.yaml");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n",
+            api.url()
+        ),
+    )
+    .unwrap();
+    let kc = kubeconfig.to_str().unwrap();
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ebb"))
+            .args(["--kubeconfig", kc])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let svc = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n        - image: ghcr.io/acme/web\n";
+    let (ok, out) = run(&["apply", "-f", "-", "--no-wait"], Some(svc));
+    assert!(ok && out.contains("service/web created"), "{out}");
+    let (ok, out) = run(&["get", "ksvc"], None);
+    assert!(ok && out.contains("web"), "{out}");
+    let (ok, out) = run(&["service", "update", "web", "--env", "A=1", "--no-wait"], None);
+    assert!(ok && out.contains("configured"), "{out}");
+    let (ok, out) = run(&["get", "ksvc", "web", "-o", "json"], None);
+    assert!(ok && out.contains("\"A\""), "{out}");
+    let requests = api.requests();
+    assert!(
+        requests.iter().any(|(m, p)| m == "PUT" && p.ends_with("/namespaces/default/services/web")),
+        "the update is a replace with the read resourceVersion: {requests:?}"
+    );
+    let (ok, out) = run(&["delete", "ksvc", "web"], None);
+    assert!(ok && out.contains("service/web deleted"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -117,6 +117,14 @@ status_conditions!(
     serving_api::RevisionStatus
 );
 
+/// Record an Event about `obj` (failures to record are not the reconcile's: logged by none,
+/// they only cost the Event).
+fn event<T: Serialize>(store: &Store, obj: &T, t: store::events::EventType, reason: &str, message: &str) {
+    if let Ok(v) = serde_json::to_value(obj) {
+        let _ = store::events::record(store, &v, t, reason, message, "ebb-controller");
+    }
+}
+
 /// Write a Revision's status from what the instance runtime observes (the part the kubelet
 /// and the Deployment controller play on Kubernetes). Returns whether anything changed.
 pub fn write_revision_status(
@@ -126,14 +134,20 @@ pub fn write_revision_status(
     now: &Time,
 ) -> Result<bool, ReconcileError> {
     let status = crate::revision::revision_status(rev, workload);
-    write_status(
+    let changed = write_status(
         store,
         "Revision",
         &to_value(rev)?,
         rev.status.as_ref(),
         status,
         now,
-    )
+    )?;
+    // A failure the revision did not report yet becomes a Warning Event, as the Kubernetes
+    // controller publishes it.
+    if changed && let Some(f) = &workload.failure {
+        event(store, rev, store::events::EventType::Warning, &f.reason, &f.message);
+    }
+    Ok(changed)
 }
 
 /// One reconcile pass over everything in the store. Returns the number of writes (0 = settled).
@@ -160,6 +174,10 @@ pub fn reconcile(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, 
             if differs(stored.as_ref(), &desired) {
                 store.apply(desired)?;
                 writes += 1;
+                if stored.is_none() {
+                    // As Knative's Service controller reports it.
+                    event(store, &svc, store::events::EventType::Normal, "Created", &format!("Created {kind} {name:?}"));
+                }
             }
         }
     }
@@ -179,6 +197,8 @@ pub fn reconcile(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, 
             let stored = store.apply(to_value(rev.as_ref())?)?;
             revisions.push(serde_json::from_value(stored)?);
             writes += 1;
+            let rev_name = rev.metadata.name.clone().unwrap_or_default();
+            event(store, &config, store::events::EventType::Normal, "Created", &format!("Created Revision {rev_name:?}"));
         }
         let in_ns: Vec<Revision> = revisions
             .iter()

@@ -14,6 +14,8 @@
 //! system. A record that no longer decodes is reported by kind, namespace and name
 //! ([`Store::damaged`]) and left out of lists; the rest is served. Every error names the file.
 
+pub mod events;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;

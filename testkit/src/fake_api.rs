@@ -278,6 +278,14 @@ impl FakeApi {
 
     /// Create or replace an object from the test's side (as another controller or the kubelet
     /// would), with a new resourceVersion and a watch event.
+    /// Store `obj` unless `dry` (then answer with it as it would be stored).
+    fn write(&self, obj: Value, dry: bool) -> Value {
+        if dry {
+            return obj;
+        }
+        self.put(obj)
+    }
+
     pub fn put(&self, mut obj: Value) -> Value {
         let coll = collection(
             obj["apiVersion"].as_str().unwrap_or("v1"),
@@ -454,6 +462,8 @@ impl FakeApi {
             }
             Err(_) => Value::Null,
         };
+        // A dry run is admitted and answered, not stored (as the API server does).
+        let dry = q.get("dryRun").is_some_and(|d| d == "All");
         match (method, p.name.clone()) {
             (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
                 self.watch(p, &q)
@@ -506,7 +516,7 @@ impl FakeApi {
                 }
                 let mut obj = body;
                 obj["metadata"]["namespace"] = json!(ns);
-                json_response(StatusCode::CREATED, &self.put(obj))
+                json_response(StatusCode::CREATED, &self.write(obj, dry))
             }
             (Method::PUT, Some(name)) => {
                 let ns = p.namespace.clone().unwrap_or_default();
@@ -540,7 +550,7 @@ impl FakeApi {
                     _ => body,
                 };
                 obj["metadata"]["namespace"] = json!(ns);
-                json_response(StatusCode::OK, &self.put(obj))
+                json_response(StatusCode::OK, &self.write(obj, dry))
             }
             (Method::PATCH, Some(name)) => {
                 let ns = p.namespace.clone().unwrap_or_default();
@@ -552,7 +562,7 @@ impl FakeApi {
                         if let Some(o) = obj.as_object_mut() {
                             o.remove("status");
                         }
-                        return json_response(StatusCode::CREATED, &self.put(obj));
+                        return json_response(StatusCode::CREATED, &self.write(obj, dry));
                     }
                     return status(
                         StatusCode::NOT_FOUND,
@@ -565,12 +575,12 @@ impl FakeApi {
                         if let Some(r) = body["spec"]["replicas"].as_i64() {
                             obj["spec"]["replicas"] = json!(r);
                         }
-                        let stored = self.put(obj);
+                        let stored = self.write(obj, dry);
                         json_response(StatusCode::OK, &scale_of(&stored))
                     }
                     Some("status") => {
                         merge(&mut obj["status"], &body["status"]);
-                        json_response(StatusCode::OK, &self.put(obj))
+                        json_response(StatusCode::OK, &self.write(obj, dry))
                     }
                     _ => {
                         let mut patch = body;
@@ -584,7 +594,7 @@ impl FakeApi {
                             o.remove("status");
                         }
                         merge(&mut obj, &patch);
-                        json_response(StatusCode::OK, &self.put(obj))
+                        json_response(StatusCode::OK, &self.write(obj, dry))
                     }
                 }
             }

@@ -3,7 +3,7 @@
 //! on one Event instead of adding another.
 
 use serde_json::{Value, json};
-use store::Store;
+use crate::{Store, StoreError};
 
 /// Events kept per object (the oldest go first), as a cluster's one-hour TTL keeps them few.
 pub const PER_OBJECT: usize = 20;
@@ -23,7 +23,7 @@ pub fn record(
     reason: &str,
     message: &str,
     component: &str,
-) -> Result<(), store::StoreError> {
+) -> Result<(), StoreError> {
     let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
     let uid = obj["metadata"]["uid"].as_str().unwrap_or_default();
