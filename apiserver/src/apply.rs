@@ -19,8 +19,9 @@ use serde_json::{Map, Value, json};
 
 pub type FieldPath = Vec<String>;
 
-const SYSTEM_METADATA: [&str; 10] = [
+const SYSTEM_METADATA: [&str; 11] = [
     "name",
+    "generateName",
     "namespace",
     "uid",
     "resourceVersion",

@@ -1260,13 +1260,18 @@ impl Api {
                         .as_deref()
                         .is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns))
             };
-            let mut visible: BTreeSet<String> = BTreeSet::new();
+            // Objects known to be outside the selection. Any other object is taken to be in
+            // view (a watch from a resourceVersion does not know what its client listed): a
+            // change that takes it out is a DELETED, one that brings an excluded one in an
+            // ADDED, as the API server's watch cache reports selection changes.
+            let mut excluded: BTreeSet<String> = BTreeSet::new();
             for o in &initial {
                 if labels.matches(o) && fields.matches(o) {
-                    visible.insert(key_of(o));
                     if !send(json!({"type": "ADDED", "object": render(o)})).await {
                         return;
                     }
+                } else {
+                    excluded.insert(key_of(o));
                 }
             }
             let mut live = watch.live;
@@ -1305,18 +1310,27 @@ impl Api {
                 }
                 let key = key_of(o);
                 let matches = labels.matches(o) && fields.matches(o);
-                let kind = match (&event, matches, visible.contains(&key)) {
-                    (Event::Deleted(_), _, true) => "DELETED",
-                    (Event::Deleted(_), _, false) => continue,
-                    (_, true, true) => "MODIFIED",
-                    (_, true, false) => "ADDED",
-                    (_, false, true) => "DELETED",
-                    (_, false, false) => continue,
+                let out = excluded.contains(&key);
+                let kind = match (&event, matches, out) {
+                    (Event::Deleted(_), _, true) => {
+                        excluded.remove(&key);
+                        continue;
+                    }
+                    (Event::Deleted(_), _, false) => "DELETED",
+                    (Event::Added(_), true, _) => "ADDED",
+                    (Event::Modified(_), true, false) => "MODIFIED",
+                    (Event::Modified(_), true, true) => "ADDED",
+                    (_, false, true) => continue,
+                    (Event::Added(_), false, false) => {
+                        excluded.insert(key);
+                        continue;
+                    }
+                    (_, false, false) => "DELETED",
                 };
-                if kind == "DELETED" {
-                    visible.remove(&key);
+                if matches {
+                    excluded.remove(&key);
                 } else {
-                    visible.insert(key);
+                    excluded.insert(key);
                 }
                 if !send(json!({"type": kind, "object": render(o)})).await {
                     return;

@@ -8,6 +8,8 @@
 //! - `ebb-bench autoscaler`: one KPA tick over 10,000 revisions, stat intake, poke latency.
 //! - `ebb-bench coldstart`: first request to a revision at zero through `ebb local up`,
 //!   minus the app's own start time.
+//! - `ebb-bench api`: local mode's Kubernetes API: kubectl and the ebb CLI applying and
+//!   listing 1,000 Services; list and watch latency with 10,000 objects.
 //! - `ebb-bench app --port N`: the trivial app (used by the above).
 //! - `ebb-bench pingora --port N --upstream ADDR`: pingora alone as a hop (the activator
 //!   benchmark's second baseline).
@@ -17,6 +19,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod api;
 mod coldstart;
 mod gateway;
 mod kpa;
@@ -72,6 +75,11 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(gateway::run(&args)),
+        Some("api") => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(api::run(&args)),
         Some("coldstart") => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()

@@ -157,12 +157,15 @@ fn the_cli_drives_a_cluster_through_its_kubeconfig() {
             .unwrap();
         use std::io::Write;
         let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+        input
+            .write_all(stdin.unwrap_or_default().as_bytes())
+            .unwrap();
         drop(input);
         let out = child.wait_with_output().unwrap();
         (
             out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
         )
     };
     let svc = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n        - image: ghcr.io/acme/web\n";
@@ -170,13 +173,18 @@ fn the_cli_drives_a_cluster_through_its_kubeconfig() {
     assert!(ok && out.contains("service/web created"), "{out}");
     let (ok, out) = run(&["get", "ksvc"], None);
     assert!(ok && out.contains("web"), "{out}");
-    let (ok, out) = run(&["service", "update", "web", "--env", "A=1", "--no-wait"], None);
+    let (ok, out) = run(
+        &["service", "update", "web", "--env", "A=1", "--no-wait"],
+        None,
+    );
     assert!(ok && out.contains("configured"), "{out}");
     let (ok, out) = run(&["get", "ksvc", "web", "-o", "json"], None);
     assert!(ok && out.contains("\"A\""), "{out}");
     let requests = api.requests();
     assert!(
-        requests.iter().any(|(m, p)| m == "PUT" && p.ends_with("/namespaces/default/services/web")),
+        requests
+            .iter()
+            .any(|(m, p)| m == "PUT" && p.ends_with("/namespaces/default/services/web")),
         "the update is a replace with the read resourceVersion: {requests:?}"
     );
     let (ok, out) = run(&["delete", "ksvc", "web"], None);

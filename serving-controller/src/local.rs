@@ -119,7 +119,13 @@ status_conditions!(
 
 /// Record an Event about `obj` (failures to record are not the reconcile's: logged by none,
 /// they only cost the Event).
-fn event<T: Serialize>(store: &Store, obj: &T, t: store::events::EventType, reason: &str, message: &str) {
+fn event<T: Serialize>(
+    store: &Store,
+    obj: &T,
+    t: store::events::EventType,
+    reason: &str,
+    message: &str,
+) {
     if let Ok(v) = serde_json::to_value(obj) {
         let _ = store::events::record(store, &v, t, reason, message, "ebb-controller");
     }
@@ -145,7 +151,13 @@ pub fn write_revision_status(
     // A failure the revision did not report yet becomes a Warning Event, as the Kubernetes
     // controller publishes it.
     if changed && let Some(f) = &workload.failure {
-        event(store, rev, store::events::EventType::Warning, &f.reason, &f.message);
+        event(
+            store,
+            rev,
+            store::events::EventType::Warning,
+            &f.reason,
+            &f.message,
+        );
     }
     Ok(changed)
 }
@@ -176,7 +188,13 @@ pub fn reconcile(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, 
                 writes += 1;
                 if stored.is_none() {
                     // As Knative's Service controller reports it.
-                    event(store, &svc, store::events::EventType::Normal, "Created", &format!("Created {kind} {name:?}"));
+                    event(
+                        store,
+                        &svc,
+                        store::events::EventType::Normal,
+                        "Created",
+                        &format!("Created {kind} {name:?}"),
+                    );
                 }
             }
         }
@@ -198,7 +216,13 @@ pub fn reconcile(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, 
             revisions.push(serde_json::from_value(stored)?);
             writes += 1;
             let rev_name = rev.metadata.name.clone().unwrap_or_default();
-            event(store, &config, store::events::EventType::Normal, "Created", &format!("Created Revision {rev_name:?}"));
+            event(
+                store,
+                &config,
+                store::events::EventType::Normal,
+                "Created",
+                &format!("Created Revision {rev_name:?}"),
+            );
         }
         let in_ns: Vec<Revision> = revisions
             .iter()

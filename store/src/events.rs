@@ -2,8 +2,8 @@
 //! lists under an object. Repeats of the same reason and message for the same object count up
 //! on one Event instead of adding another.
 
-use serde_json::{Value, json};
 use crate::{Store, StoreError};
+use serde_json::{Value, json};
 
 /// Events kept per object (the oldest go first), as a cluster's one-hour TTL keeps them few.
 pub const PER_OBJECT: usize = 20;
