@@ -44,6 +44,8 @@ echo
 echo "Ebb is running (state $STATE). In another terminal, with target/release on PATH:"
 echo "  ebb get ksvc          ebb get revisions       ebb local status"
 echo "  ebb service update hello --env TARGET=again   ebb logs hello -f"
+echo "Or any Kubernetes client (kubectl, kn, k9s):"
+echo "  export KUBECONFIG=$STATE/kubeconfig; kubectl get ksvc"
 echo "hello scales to zero about 90 s after its last request (60 s window + 30 s grace) and"
 echo "wakes on the next one. Ctrl-C stops Ebb and its instances."
 wait "$EBB_PID"
