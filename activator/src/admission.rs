@@ -67,6 +67,46 @@ pub struct Admitted {
     pub bytes: Vec<u8>,
 }
 
+/// A request admission refused after routing it (503 queue full, 504 deadline): the refusal,
+/// and what its metrics are counted against.
+#[derive(Debug)]
+pub struct Unleased {
+    pub refusal: Refusal,
+    pub started: Instant,
+    pub target: Arc<Target>,
+    pub revision: Arc<RevisionState>,
+}
+
+impl Admitted {
+    /// The request with its instance, to carry; or why it has none.
+    pub fn carried(self) -> Result<crate::gateway::Carried, Unleased> {
+        let Admitted {
+            started,
+            target,
+            revision,
+            lease,
+            head,
+            bytes,
+        } = self;
+        match lease {
+            Ok(lease) => Ok(crate::gateway::Carried {
+                started,
+                target,
+                revision,
+                lease,
+                head,
+                bytes,
+            }),
+            Err(refusal) => Err(Unleased {
+                refusal,
+                started,
+                target,
+                revision,
+            }),
+        }
+    }
+}
+
 /// Read the next request head on `stream` and admit it. `idle` is the connection's keep-alive
 /// timer: one per connection, pushed back here for each request (pushing a timer later is an
 /// atomic store; arming a fresh one would wake the runtime's driver on every request).

@@ -32,7 +32,7 @@ use http1::head::{RequestHead, Upgrade};
 use http1::relay::refuse;
 use http1::upstream::{Request, forwarded_for};
 
-use crate::admission::{Admission, Admitted, KEEPALIVE, admit};
+use crate::admission::{Admission, KEEPALIVE, admit};
 use crate::buffered::Buffered;
 use crate::pool::Pool;
 use crate::revisions::{RevisionState, Revisions};
@@ -618,14 +618,7 @@ async fn connection(
     let idle = tokio::time::sleep(KEEPALIVE);
     tokio::pin!(idle);
     loop {
-        let Admitted {
-            started,
-            target,
-            revision,
-            lease,
-            head,
-            bytes,
-        } = match admit(gateway, &mut stream, idle.as_mut(), shutdown, h2c).await {
+        let admitted = match admit(gateway, &mut stream, idle.as_mut(), shutdown, h2c).await {
             Admission::Closed => return,
             Admission::H2 => {
                 let _ = proxy.process_new(Box::new(stream), shutdown).await;
@@ -637,21 +630,13 @@ async fn connection(
             }
             Admission::Admitted(admitted) => admitted,
         };
-        let lease = match lease {
-            Ok(lease) => lease,
-            Err(refusal) => {
-                refuse(&mut stream, &refusal).await;
-                gateway.finished(&target, &revision, started, None, refusal.status);
+        let carried = match admitted.carried() {
+            Ok(c) => c,
+            Err(u) => {
+                refuse(&mut stream, &u.refusal).await;
+                gateway.finished(&u.target, &u.revision, u.started, None, u.refusal.status);
                 return;
             }
-        };
-        let carried = Carried {
-            started,
-            target,
-            revision,
-            lease,
-            head,
-            bytes,
         };
         if carried.revision.h2c() {
             // Pingora speaks HTTP/2 to the instance; it reads the head again from the stream.

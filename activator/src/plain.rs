@@ -333,11 +333,7 @@ impl Exchange<'_> {
                     continue;
                 }
                 Err(e) => {
-                    refuse(
-                        stream,
-                        &Refusal::bad_gateway(format!("instance failed: {e}")),
-                    )
-                    .await;
+                    refuse(stream, &Refusal::instance_failed(e)).await;
                     return (502, false);
                 }
             };
@@ -416,7 +412,7 @@ impl Exchange<'_> {
                         }
                         Ok(r) => break (Some((r, out)), false),
                         Err(e) => {
-                            refuse(&mut cl_w, &Refusal::bad_gateway(format!("instance failed: {e}"))).await;
+                            refuse(&mut cl_w, &Refusal::instance_failed(e)).await;
                             return (502, false);
                         }
                     },
@@ -433,7 +429,7 @@ impl Exchange<'_> {
                     r = read => match r {
                         Ok(r) => (r, out),
                         Err(e) => {
-                            refuse(&mut cl_w, &Refusal::bad_gateway(format!("instance failed: {e}"))).await;
+                            refuse(&mut cl_w, &Refusal::instance_failed(e)).await;
                             return (502, false);
                         }
                     },
@@ -502,11 +498,7 @@ where
         response = match read_response(conn, &mut buf, ctx, Some(&mut out)).await {
             Ok(r) => r,
             Err(e) => {
-                refuse(
-                    client,
-                    &Refusal::bad_gateway(format!("instance failed: {e}")),
-                )
-                .await;
+                refuse(client, &Refusal::instance_failed(e)).await;
                 return Relayed::Cut(502);
             }
         };

@@ -162,11 +162,7 @@ async fn exchange(
         let response = match answer {
             Ok(r) => r,
             Err(e) => {
-                refuse(
-                    client,
-                    &Refusal::bad_gateway(format!("instance failed: {e}")),
-                )
-                .await;
+                refuse(client, &Refusal::instance_failed(e)).await;
                 return 502;
             }
         };

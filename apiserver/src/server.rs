@@ -833,15 +833,7 @@ impl Api {
             }
             let mut admitted = self.admission.admit(r, candidate, None, &self.user)?;
             let status = admitted.as_object_mut().and_then(|m| m.remove("status"));
-            apply::record_update(
-                None,
-                &mut admitted,
-                &Writer {
-                    manager: &opts.manager,
-                    api_version: &r.api_version(),
-                    subresource: None,
-                },
-            );
+            record(None, &mut admitted, opts, r);
             if opts.dry_run {
                 return Ok((admitted, warnings));
             }
@@ -968,15 +960,7 @@ impl Api {
         match applied {
             // An apply computed its managed fields already.
             Some(fields) => admitted["metadata"]["managedFields"] = fields,
-            None => apply::record_update(
-                Some(old),
-                &mut admitted,
-                &Writer {
-                    manager: &opts.manager,
-                    api_version: &r.api_version(),
-                    subresource: None,
-                },
-            ),
+            None => record(Some(old), &mut admitted, opts, r),
         }
         if opts.dry_run {
             if let Some(s) = old.get("status") {
@@ -1339,6 +1323,17 @@ impl Api {
         });
         Ok(resp)
     }
+}
+
+/// Record an update of the main resource by the request's field manager.
+fn record(old: Option<&Value>, new: &mut Value, opts: &WriteOptions, r: &Resource) {
+    let api_version = r.api_version();
+    let writer = Writer {
+        manager: &opts.manager,
+        api_version: &api_version,
+        subresource: None,
+    };
+    apply::record_update(old, new, &writer);
 }
 
 fn opts_has_manager(opts: &WriteOptions) -> bool {

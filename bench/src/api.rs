@@ -157,7 +157,10 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     while !state.join("ebb.json").exists() {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "ebb did not start");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "ebb did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let kubeconfig = kube::config::Kubeconfig::read_from(state.join("kubeconfig"))?;

@@ -30,6 +30,11 @@ impl Refusal {
         Refusal::new(502, reason)
     }
 
+    /// 502: the instance broke the exchange (`why` says how).
+    pub fn instance_failed(why: impl std::fmt::Display) -> Refusal {
+        Refusal::bad_gateway(format!("instance failed: {why}"))
+    }
+
     /// 503: no room (queue full) or nothing to send to; retry after a second.
     pub fn unavailable(reason: impl Into<String>) -> Refusal {
         Refusal::new(503, reason)
