@@ -165,12 +165,15 @@ impl Metrics {
         let Ok(mut s) = self.samples.lock() else {
             return Vec::new();
         };
+        let mut busy: HashMap<(String, String), f64> = HashMap::new();
         let mut arrivals: HashMap<(String, String), u64> = revisions
             .all()
             .iter()
             .map(|r| {
+                let key = (r.namespace.clone(), r.name.clone());
+                busy.insert(key.clone(), r.throttler.take_busy().as_secs_f64());
                 (
-                    (r.namespace.clone(), r.name.clone()),
+                    key,
                     r.arrivals.swap(0, std::sync::atomic::Ordering::Relaxed),
                 )
             })
@@ -185,9 +188,15 @@ impl Metrics {
             })
             .filter(|(_, (sum, _, arrivals))| *sum > 0.0 || *arrivals > 0)
             .map(|((ns, rev), (sum, n, arrivals))| {
+                let sampled = if n > 0 { sum / f64::from(n) } else { 0.0 };
+                // Requests shorter than the sampling interval still count: the time they
+                // spent at instances, over the window (Knative's concurrency is
+                // time-weighted).
+                let finished = busy.get(&(ns.clone(), rev.clone())).copied().unwrap_or(0.0)
+                    / window.as_secs_f64().max(f64::EPSILON);
                 let stat = wire::Stat {
                     pod_name: pod.to_string(),
-                    average_concurrency: if n > 0 { sum / f64::from(n) } else { 0.0 },
+                    average_concurrency: sampled.max(finished),
                     request_count: arrivals as f64,
                     window: window.as_secs_f64(),
                     ..wire::Stat::default()
@@ -224,6 +233,40 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::throttler::Limits;
+
+    /// A request that begins and ends between two samples still shows as activity: its time
+    /// at the instance over the window (else a revision serving only short requests would be
+    /// scaled to zero as if idle).
+    #[tokio::test]
+    async fn short_requests_count_as_concurrency() {
+        let revisions = Revisions::new(Limits::default());
+        let r = revisions.get("default", "quick-00001");
+        r.throttler
+            .set_endpoints(&["127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}"))]);
+        let m = Metrics::default();
+        m.sample(&revisions);
+        r.arrivals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let lease = r
+            .throttler
+            .acquire(0)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(lease);
+        m.sample(&revisions);
+        let report = m.report(&revisions, "gw", Duration::from_secs(1));
+        let c = report
+            .first()
+            .map_or(0.0, |(_, _, s)| s.average_concurrency);
+        assert!((0.009..0.5).contains(&c), "{c}");
+        // Reported once.
+        m.sample(&revisions);
+        assert!(
+            m.report(&revisions, "gw", Duration::from_secs(1))
+                .is_empty()
+        );
+    }
 
     #[tokio::test]
     async fn reports_average_demand_and_arrivals() {

@@ -79,6 +79,9 @@ pub struct Throttler {
     pub revision: String,
     limits: Limits,
     state: Mutex<State>,
+    /// Time spent by finished requests at instances since the last report (nanoseconds): the
+    /// activity of requests too short for the 100 ms concurrency samples to see.
+    busy_nanos: std::sync::atomic::AtomicU64,
 }
 
 /// The right to send one request to `addr`; dropping it frees the slot.
@@ -86,11 +89,15 @@ pub struct Throttler {
 pub struct Lease {
     pub addr: SocketAddr,
     throttler: Option<Arc<Throttler>>,
+    since: Instant,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(t) = self.throttler.take() {
+            let busy = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            t.busy_nanos
+                .fetch_add(busy, std::sync::atomic::Ordering::Relaxed);
             t.release(self.addr);
         }
     }
@@ -116,6 +123,7 @@ impl Throttler {
         Arc::new(Throttler {
             revision: revision.to_string(),
             limits,
+            busy_nanos: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(State {
                 cc: container_concurrency,
                 endpoints: Vec::new(),
@@ -130,6 +138,14 @@ impl Throttler {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock would be a bug in this module; keep serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Time finished requests spent at instances since the last call.
+    pub fn take_busy(&self) -> Duration {
+        Duration::from_nanos(
+            self.busy_nanos
+                .swap(0, std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Requests waiting now.
@@ -250,6 +266,7 @@ impl Throttler {
         Lease {
             addr: s.endpoints[i].addr,
             throttler: Some(self.clone()),
+            since: Instant::now(),
         }
     }
 

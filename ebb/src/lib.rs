@@ -6,5 +6,6 @@
 
 pub mod cli;
 pub mod client;
+pub mod probes;
 pub mod runtime;
 pub mod server;

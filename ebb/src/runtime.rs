@@ -27,6 +27,8 @@ use serving_controller::workload::{QUEUE_CONTAINER, desired_deployment};
 use store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::probes::{Check, Exec, Plan, Target, Thresholds};
+
 /// How user containers run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -310,6 +312,10 @@ struct Launch {
     progress_deadline: Duration,
     /// A problem that prevents any instance from starting (reported as the container's).
     config_error: Option<ContainerFailure>,
+    /// Readiness the queue-proxy cannot check itself (exec, grpc), run here.
+    readiness: Option<Plan>,
+    liveness: Option<Plan>,
+    startup: Option<Plan>,
 }
 
 fn literal_env(c: &Container) -> (Vec<(String, String)>, Vec<String>) {
@@ -411,6 +417,38 @@ impl Launch {
             .clone()
             .unwrap_or_else(|| "default".into());
         let revision = rev.metadata.name.clone().unwrap_or_default();
+        // Probes: httpGet/tcpSocket readiness is the queue-proxy's; the rest runs here.
+        let mut probe = |p: Option<&k8s_openapi::api::core::v1::Probe>,
+                         field: &str,
+                         readiness: bool| {
+            let plan = Plan::of(
+                p?,
+                user,
+                declared_port,
+                &format!("spec.containers[{serving}].{field}"),
+            );
+            match plan {
+                Ok(plan) if readiness && matches!(plan.check, Check::Http { .. } | Check::Tcp) => {
+                    None
+                }
+                Ok(plan) => Some(plan),
+                Err(e) => {
+                    config_error.get_or_insert(ContainerFailure {
+                        reason: "CreateContainerConfigError".into(),
+                        message: e,
+                    });
+                    None
+                }
+            }
+        };
+        let original = rev.spec.pod.containers.get(serving);
+        let readiness = probe(
+            original.and_then(|c| c.readiness_probe.as_ref()),
+            "readinessProbe",
+            true,
+        );
+        let liveness = probe(user.liveness_probe.as_ref(), "livenessProbe", false);
+        let startup = probe(user.startup_probe.as_ref(), "startupProbe", false);
         let grace = Duration::from_secs(
             pod.termination_grace_period_seconds
                 .unwrap_or(30)
@@ -433,6 +471,9 @@ impl Launch {
             drain_quiet: opts.drain_quiet,
             progress_deadline: opts.deployment.progress_deadline,
             config_error,
+            readiness,
+            liveness,
+            startup,
         })
     }
 }
@@ -445,6 +486,8 @@ enum Event {
         pid: Option<u32>,
     },
     Ready(String),
+    /// A ready instance's readiness probe failed: it leaves the gateway until it recovers.
+    Unready(String),
     Exited {
         id: String,
         failure: Option<ContainerFailure>,
@@ -457,6 +500,8 @@ struct Running {
     stats: Option<SocketAddr>,
     pid: Option<u32>,
     ready: bool,
+    /// Ready at some point: from then on, only while ready does it get requests.
+    was_ready: bool,
     stop: Option<oneshot::Sender<()>>,
     started: Instant,
 }
@@ -513,6 +558,7 @@ async fn supervise(
                     stats: None,
                     pid: None,
                     ready: false,
+                    was_ready: false,
                     stop: Some(stop),
                     started: Instant::now(),
                 });
@@ -542,7 +588,7 @@ async fn supervise(
         // as soon as it answers), ready ones to the autoscaler's scraper.
         let serving: Vec<SocketAddr> = running
             .iter()
-            .filter(|r| !r.stopping())
+            .filter(|r| !r.stopping() && (r.ready || !r.was_ready))
             .filter_map(|r| r.serving)
             .collect();
         let targets: Vec<ScrapeTarget> = running
@@ -616,9 +662,15 @@ async fn supervise(
                         r.pid = pid;
                     }
                 }
+                Some(Event::Unready(id)) => {
+                    if let Some(r) = running.iter_mut().find(|r| r.id == id) {
+                        r.ready = false;
+                    }
+                }
                 Some(Event::Ready(id)) => {
                     if let Some(r) = running.iter_mut().find(|r| r.id == id) {
                         r.ready = true;
+                        r.was_ready = true;
                         if let Some(addr) = r.serving.filter(|_| r.stop.is_some()) {
                             rt.gateway.confirm(&key.namespace, &key.name, addr);
                         }
@@ -949,22 +1001,36 @@ async fn run_instance(
         pid,
     });
 
-    let mut stop = stop;
-    let mut ready = false;
-    let exit = loop {
-        tokio::select! {
-            status = child.wait() => break Some(status),
-            _ = &mut stop => break None,
-            _ = tokio::time::sleep(Duration::from_millis(5)), if !ready => {
-                if activator::probe::probe(bound.serving).await {
-                    ready = true;
-                    let _ = events.send(Event::Ready(id.clone()));
-                }
-            }
-        }
+    let target = Target {
+        port,
+        exec: match launch.backend {
+            Backend::Process => Exec::Process {
+                env: env.clone().into_iter().collect(),
+                workdir: launch.workdir.clone().map(PathBuf::from),
+            },
+            Backend::Podman => Exec::Podman {
+                container: format!("ebb-{id}"),
+                global: podman_global_args(),
+            },
+        },
     };
+    let exit = probe_loop(&launch, &id, &events, &mut child, &bound, &target, stop).await;
     match exit {
-        Some(status) => {
+        Exit::Unhealthy(why) => {
+            // As the kubelet restarts a container whose liveness (or startup) probe fails.
+            let _ = qp_stop.send(());
+            qp.abort();
+            terminate(&mut child, pid, launch.grace).await;
+            let _ = std::fs::remove_file(&pidfile);
+            let _ = events.send(Event::Exited {
+                id,
+                failure: Some(ContainerFailure {
+                    reason: "CrashLoopBackOff".into(),
+                    message: format!("{why}; the container is restarted with back-off"),
+                }),
+            });
+        }
+        Exit::Exited(status) => {
             // The container ended by itself: stop serving at once.
             let _ = qp_stop.send(());
             qp.abort();
@@ -988,7 +1054,7 @@ async fn run_instance(
                 failure: Some(failure),
             });
         }
-        None => {
+        Exit::Stopped => {
             // Scale-down or shutdown: the gateway has already forgotten this instance; the
             // queue-proxy finishes what it has, then the container gets SIGTERM.
             let _ = qp_stop.send(());
@@ -999,6 +1065,132 @@ async fn run_instance(
             terminate(&mut child, pid, launch.grace).await;
             let _ = std::fs::remove_file(&pidfile);
             let _ = events.send(Event::Exited { id, failure: None });
+        }
+    }
+}
+
+/// How an instance's life ended.
+enum Exit {
+    /// The container exited by itself.
+    Exited(std::io::Result<std::process::ExitStatus>),
+    /// Asked to stop (scale-down, shutdown).
+    Stopped,
+    /// Its liveness or startup probe failed past its threshold.
+    Unhealthy(String),
+}
+
+/// A probe's next run.
+struct Scheduled<'a> {
+    plan: &'a Plan,
+    at: tokio::time::Instant,
+    thresholds: Thresholds,
+}
+
+impl<'a> Scheduled<'a> {
+    fn new(plan: &'a Plan) -> Scheduled<'a> {
+        Scheduled {
+            plan,
+            at: tokio::time::Instant::now() + plan.initial_delay,
+            thresholds: Thresholds::default(),
+        }
+    }
+
+    async fn due(&self) {
+        tokio::time::sleep_until(self.at).await;
+    }
+
+    /// Run the check; the new verdict if it changed.
+    async fn run(&mut self, target: &Target) -> (Option<bool>, Option<String>) {
+        let result = crate::probes::check(self.plan, target).await;
+        self.at = tokio::time::Instant::now() + self.plan.period;
+        let why = result.as_ref().err().cloned();
+        (self.thresholds.record(result.is_ok(), self.plan), why)
+    }
+}
+
+/// An instance's probing, until it exits, is stopped, or fails a liveness or startup probe:
+/// the startup probe gates the others; readiness is the queue-proxy's verdict (followed as it
+/// changes) and, for exec and grpc probes, this runtime's; the liveness probe restarts.
+async fn probe_loop(
+    launch: &Launch,
+    id: &str,
+    events: &mpsc::UnboundedSender<Event>,
+    child: &mut tokio::process::Child,
+    bound: &queue_proxy::Bound,
+    target: &Target,
+    mut stop: oneshot::Receiver<()>,
+) -> Exit {
+    let mut qp_ready = bound.ready.clone();
+    let mut startup = launch.startup.as_ref().map(Scheduled::new);
+    let mut readiness = launch.readiness.as_ref().map(Scheduled::new);
+    let mut liveness = launch.liveness.as_ref().map(Scheduled::new);
+    let mut reported = false;
+    let mut qp_ever_ready = false;
+    loop {
+        let started = startup
+            .as_ref()
+            .is_none_or(|s| s.thresholds.state == Some(true));
+        let qp = *qp_ready.borrow_and_update();
+        qp_ever_ready |= qp;
+        let ready = started
+            && qp
+            && readiness
+                .as_ref()
+                .is_none_or(|r| r.thresholds.state == Some(true));
+        if ready != reported {
+            reported = ready;
+            let _ = events.send(if ready {
+                Event::Ready(id.to_string())
+            } else {
+                Event::Unready(id.to_string())
+            });
+        }
+        let startup_due = async {
+            match startup.as_ref().filter(|_| !started) {
+                Some(s) => s.due().await,
+                None => std::future::pending().await,
+            }
+        };
+        let readiness_due = async {
+            match readiness.as_ref().filter(|_| started) {
+                Some(s) => s.due().await,
+                None => std::future::pending().await,
+            }
+        };
+        let liveness_due = async {
+            match liveness.as_ref().filter(|_| started) {
+                Some(s) => s.due().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = child.wait() => return Exit::Exited(status),
+            _ = &mut stop => return Exit::Stopped,
+            _ = qp_ready.changed() => {}
+            // Until the app first answers, a network probe makes the queue-proxy probe it at
+            // once (a cold start is over within milliseconds of the socket opening).
+            _ = tokio::time::sleep(Duration::from_millis(5)), if !qp_ever_ready => {
+                activator::probe::probe(bound.serving).await;
+            }
+            _ = startup_due => {
+                if let Some(s) = startup.as_mut()
+                    && let (Some(false), why) = s.run(target).await
+                {
+                    return Exit::Unhealthy(format!("startup probe failed {} times: {}", s.plan.failure_threshold, why.unwrap_or_default()));
+                }
+            }
+            _ = readiness_due => {
+                if let Some(r) = readiness.as_mut() {
+                    r.run(target).await;
+                }
+            }
+            _ = liveness_due => {
+                if let Some(l) = liveness.as_mut()
+                    && let (Some(false), why) = l.run(target).await
+                {
+                    return Exit::Unhealthy(format!("liveness probe failed {} times: {}", l.plan.failure_threshold, why.unwrap_or_default()));
+                }
+            }
         }
     }
 }

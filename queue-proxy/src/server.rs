@@ -26,12 +26,16 @@ const CONNECTION_GRACE: Duration = Duration::from_secs(5);
 
 /// The addresses the queue-proxy listens on, printed as one JSON line at startup so that a
 /// supervisor (local mode) can use ports chosen by the OS.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Bound {
     pub serving: SocketAddr,
     pub admin: SocketAddr,
     pub stats: SocketAddr,
     pub metrics: SocketAddr,
+    /// The app's readiness as this queue-proxy's prober sees it, for a supervisor in the same
+    /// process (local mode) to follow without polling.
+    #[serde(skip)]
+    pub ready: watch::Receiver<bool>,
 }
 
 async fn serve<H, F>(listener: TcpListener, handler: H, mut stop: watch::Receiver<bool>)
@@ -101,14 +105,15 @@ pub async fn run(
         bind(cfg.stats_port).await?,
         bind(cfg.user_metrics_port).await?,
     );
+    let (ready_tx, ready_rx) = watch::channel(false);
     on_bound(Bound {
         serving: serving.local_addr()?,
         admin: admin.local_addr()?,
         stats: stats.local_addr()?,
         metrics: metrics.local_addr()?,
+        ready: ready_rx.clone(),
     });
 
-    let (ready_tx, ready_rx) = watch::channel(false);
     let probe_now = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(crate::probe::run(
         cfg.readiness_probe.plan(cfg.user_host, cfg.user_port),
