@@ -1,6 +1,45 @@
-//! Shows what the runtime gave the app: environment, request line and headers, as JSON.
+//! Shows what the runtime gave the app: environment, request line and headers, the user it
+//! runs as, and the files named in `$SHOW_FILES` (colon-separated paths: a file's content, a
+//! directory's entries, or null when missing), as JSON.
 
 mod common;
+
+/// The real id from a `/proc/self/status` line (`Uid:`, `Gid:`).
+fn status_field(name: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(name))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn files() -> serde_json::Map<String, serde_json::Value> {
+    std::env::var("SHOW_FILES")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let path = std::path::Path::new(p);
+            let v = if path.is_dir() {
+                let mut names: Vec<String> = std::fs::read_dir(path)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                serde_json::json!(names)
+            } else {
+                std::fs::read_to_string(path)
+                    .map_or(serde_json::Value::Null, serde_json::Value::from)
+            };
+            (p.to_string(), v)
+        })
+        .collect()
+}
 
 fn main() {
     common::serve("runtime-info", |req| async move {
@@ -20,6 +59,9 @@ fn main() {
                 "headers": headers,
             },
             "pid": std::process::id(),
+            "uid": status_field("Uid:"),
+            "gid": status_field("Gid:"),
+            "files": files(),
             "cwd": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
         });
         let mut r = common::text(200, info.to_string());

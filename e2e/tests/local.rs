@@ -446,3 +446,55 @@ fn rollout_under_steady_load_loses_nothing() {
         "{seen:?}"
     );
 }
+
+/// Environment from ConfigMaps, Secrets and the pod's fields, as the kubelet resolves it; a
+/// missing reference fails the revision naming it; the process runtime refuses volume mounts,
+/// saying what would honour them.
+#[test]
+fn env_from_config_maps_secrets_and_fields() {
+    let ebb = Ebb::start();
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  MODE: fast\n  LEVEL: \"3\"\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  PASSWORD: s3cret\n---\napiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: info\n  labels:\n    team: blue\nspec:\n  template:\n    spec:\n      containers:\n        - image: ebb/runtime-info\n          command: [\"runtime-info\"]\n          envFrom:\n            - configMapRef: {name: settings}\n              prefix: CFG_\n          env:\n            - name: PASSWORD\n              valueFrom: {secretKeyRef: {name: creds, key: PASSWORD}}\n            - name: MODE\n              valueFrom: {configMapKeyRef: {name: settings, key: MODE}}\n            - name: POD\n              valueFrom: {fieldRef: {fieldPath: metadata.name}}\n            - name: NS\n              valueFrom: {fieldRef: {fieldPath: metadata.namespace}}\n";
+    ebb.apply(yaml);
+    let rt = rt();
+    let (status, body) = rt.block_on(request(&http_client(), ebb.gateway, &ebb.host("info"), "/"));
+    assert_eq!(status, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let env = &info["env"];
+    assert_eq!(env["PASSWORD"], "s3cret");
+    assert_eq!(env["MODE"], "fast");
+    assert_eq!(
+        (env["CFG_MODE"].as_str(), env["CFG_LEVEL"].as_str()),
+        (Some("fast"), Some("3"))
+    );
+    assert!(
+        env["POD"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("info-00001-")),
+        "{env}"
+    );
+    assert_eq!(env["NS"], "default");
+
+    let missing = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: lost\nspec:\n  template:\n    spec:\n      containers:\n        - image: ebb/hello\n          command: [\"hello\"]\n          env:\n            - name: X\n              valueFrom: {configMapKeyRef: {name: nowhere, key: k}}\n";
+    let out = ebb.cli_stdin(
+        &["apply", "-f", "-", "--wait-timeout", "30s"],
+        Some(missing),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("CreateContainerConfigError") && err.contains("nowhere"),
+        "{err}"
+    );
+
+    let mounted = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: mounted\nspec:\n  template:\n    spec:\n      containers:\n        - image: ebb/hello\n          command: [\"hello\"]\n          volumeMounts:\n            - {name: conf, mountPath: /etc/conf}\n      volumes:\n        - name: conf\n          configMap: {name: settings}\n";
+    let out = ebb.cli_stdin(
+        &["apply", "-f", "-", "--wait-timeout", "30s"],
+        Some(mounted),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("volumeMounts[0]") && err.contains("--runtime podman"),
+        "{err}"
+    );
+}

@@ -20,10 +20,15 @@ fn podman_works() -> bool {
 /// An image holding the hello app and the shared libraries it links (no registry is reachable:
 /// the image is imported from a root filesystem built here).
 fn import_hello_image(tag: &str, dir: &Path) {
-    let hello = Path::new(env!("CARGO_BIN_EXE_hello"));
+    import_app_image(Path::new(env!("CARGO_BIN_EXE_hello")), "hello", tag, dir);
+}
+
+/// An image of one example app (`/NAME`, its entrypoint) and the shared libraries it links.
+fn import_app_image(hello: &Path, name: &str, tag: &str, dir: &Path) {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
-    std::fs::copy(hello, rootfs.join("hello")).unwrap();
+    std::fs::copy(hello, rootfs.join(name)).unwrap();
+    std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
     let ldd = Command::new("ldd").arg(hello).output().unwrap();
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         let path = line
@@ -48,7 +53,7 @@ fn import_hello_image(tag: &str, dir: &Path) {
         .unwrap();
     assert!(ok.success());
     let out = Command::new("podman")
-        .args(["import", "--change", "ENTRYPOINT [\"/hello\"]"])
+        .args(["import", "--change", &format!("ENTRYPOINT [\"/{name}\"]")])
         .arg(&tar)
         .arg(tag)
         .output()
@@ -60,9 +65,11 @@ fn import_hello_image(tag: &str, dir: &Path) {
     );
 }
 
-fn ebb_containers() -> Vec<String> {
+/// The containers of the `ebb` whose state directory is `state` (tests run side by side).
+fn ebb_containers(state: &Path) -> Vec<String> {
     let out = Command::new("podman")
-        .args(["ps", "-aq", "--filter", "label=dev.ebb.instance"])
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=dev.ebb.state={}", state.display()))
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -102,7 +109,11 @@ fn podman_runtime_runs_local_images_and_names_missing_ones() {
         (code, body.as_str()),
         (200, "Hello podman! (boxed-00001)\n")
     );
-    assert_eq!(ebb_containers().len(), 1, "one container runs the instance");
+    assert_eq!(
+        ebb_containers(&ebb.state).len(),
+        1,
+        "one container runs the instance"
+    );
 
     let out = ebb.cli(&[
         "service",
@@ -121,7 +132,10 @@ fn podman_runtime_runs_local_images_and_names_missing_ones() {
     );
 
     ebb.stop();
-    assert!(ebb_containers().is_empty(), "no container outlives ebb");
+    assert!(
+        ebb_containers(&ebb.state).is_empty(),
+        "no container outlives ebb"
+    );
 
     // Killed, ebb can stop nothing itself: its reaper removes the container.
     ebb.launch();
@@ -132,13 +146,54 @@ fn podman_runtime_runs_local_images_and_names_missing_ones() {
         "/",
     ));
     assert_eq!(code, 200);
-    assert_eq!(ebb_containers().len(), 1);
+    assert_eq!(ebb_containers(&ebb.state).len(), 1);
     ebb.kill();
     wait_until(
         "the container of a killed ebb removed",
         std::time::Duration::from_secs(30),
-        || ebb_containers().is_empty(),
+        || ebb_containers(&ebb.state).is_empty(),
     );
+    let _ = Command::new("podman").args(["rmi", "-f", &tag]).output();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Volumes as the kubelet mounts them: a ConfigMap's items at their paths and modes, a Secret
+/// decoded, both read-only; an emptyDir per instance.
+#[test]
+#[ignore = "needs podman: scripts/test.sh runs it (--run-ignored) where podman works"]
+fn podman_mounts_config_maps_secrets_and_empty_dirs() {
+    assert!(podman_works(), "podman is not installed (or does not run)");
+    let dir = std::env::temp_dir().join(format!("ebb-podman-vol-{}", std::process::id()));
+    let tag = format!("localhost/ebb-e2e/runtime-info:{}", std::process::id());
+    import_app_image(
+        Path::new(env!("CARGO_BIN_EXE_runtime-info")),
+        "runtime-info",
+        &tag,
+        &dir,
+    );
+    let ebb = Ebb::start_with(&["--runtime", "podman"]);
+    let yaml = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: fast\n  other: x\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  password: s3cret\n---\napiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: vols\nspec:\n  template:\n    spec:\n      containers:\n        - image: {tag}\n          env:\n            - name: SHOW_FILES\n              value: /etc/conf/app/mode:/etc/conf:/etc/creds/password:/scratch\n          volumeMounts:\n            - {{name: conf, mountPath: /etc/conf}}\n            - {{name: creds, mountPath: /etc/creds}}\n            - {{name: scratch, mountPath: /scratch}}\n      volumes:\n        - name: conf\n          configMap:\n            name: settings\n            items: [{{key: mode, path: app/mode}}]\n        - name: creds\n          secret: {{secretName: creds}}\n        - name: scratch\n          emptyDir: {{}}\n"
+    );
+    ebb.apply(&yaml);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (code, body) = rt.block_on(request(&http_client(), ebb.gateway, &ebb.host("vols"), "/"));
+    assert_eq!(code, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let files = &info["files"];
+    assert_eq!(files["/etc/conf/app/mode"], "fast", "{files}");
+    assert_eq!(
+        files["/etc/conf"],
+        serde_json::json!(["app"]),
+        "only the items asked for: {files}"
+    );
+    assert_eq!(files["/etc/creds/password"], "s3cret");
+    assert_eq!(
+        files["/scratch"],
+        serde_json::json!([]),
+        "an empty dir: {files}"
+    );
+    drop(ebb);
     let _ = Command::new("podman").args(["rmi", "-f", &tag]).output();
     let _ = std::fs::remove_dir_all(&dir);
 }

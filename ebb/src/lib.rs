@@ -7,5 +7,6 @@
 pub mod cli;
 pub mod client;
 pub mod probes;
+pub mod resolve;
 pub mod runtime;
 pub mod server;

@@ -211,7 +211,11 @@ impl Runtime {
             },
         );
         self.autoscaler.upsert(key.clone(), scaling);
-        let launch = Arc::new(Launch::from_revision(rev, &self.opts)?);
+        let lookup = StoreLookup {
+            store: &self.store,
+            namespace: &key.namespace,
+        };
+        let launch = Arc::new(Launch::from_revision(rev, &self.opts, &lookup)?);
         let (desired, desired_rx) = watch::channel(start_with);
         let (stop, stop_rx) = watch::channel(false);
         let view = Arc::new(Mutex::new(Vec::new()));
@@ -288,6 +292,41 @@ impl Scaler for LocalScaler {
     }
 }
 
+/// ConfigMaps and Secrets of one namespace, from the store.
+struct StoreLookup<'a> {
+    store: &'a Store,
+    namespace: &'a str,
+}
+
+impl crate::resolve::Lookup for StoreLookup<'_> {
+    fn get(&self, kind: &str, name: &str) -> Option<serde_json::Value> {
+        self.store.get(kind, self.namespace, name).ok().flatten()
+    }
+}
+
+/// Where a volume mount's content comes from.
+#[derive(Debug, Clone)]
+enum MountSource {
+    /// Files made when the revision started (configMap, secret, projected).
+    Dir(PathBuf),
+    /// An emptyDir: a directory per instance (`size`: a tmpfs of that many bytes instead, which
+    /// enforces `sizeLimit`; `memory`: `medium: Memory`).
+    Empty {
+        volume: String,
+        memory: bool,
+        size: Option<u64>,
+    },
+}
+
+/// A container's volume mount, made concrete.
+#[derive(Debug, Clone)]
+struct Mount {
+    source: MountSource,
+    destination: String,
+    sub_path: Option<String>,
+    read_only: bool,
+}
+
 /// Everything needed to start an instance of a revision, derived once from the same
 /// Deployment the Kubernetes backend would create, so both run the same env and probe.
 #[derive(Debug)]
@@ -299,8 +338,11 @@ struct Launch {
     /// For podman: the image's entrypoint override and arguments, as Kubernetes defines them.
     command: Vec<String>,
     args: Vec<String>,
-    env: Vec<(String, String)>,
+    env: Vec<(String, crate::resolve::EnvValue)>,
     workdir: Option<String>,
+    mounts: Vec<Mount>,
+    /// Where this revision's volumes and its instances' emptyDirs live.
+    volumes: PathBuf,
     /// The queue-proxy's variables, ports left to the OS.
     queue_env: HashMap<String, String>,
     /// How long the user process gets after SIGTERM.
@@ -318,6 +360,7 @@ struct Launch {
     startup: Option<Plan>,
 }
 
+/// Literal values only (the queue-proxy's environment, which Ebb writes itself).
 fn literal_env(c: &Container) -> (Vec<(String, String)>, Vec<String>) {
     let mut env = Vec::new();
     let mut unsupported = Vec::new();
@@ -332,7 +375,11 @@ fn literal_env(c: &Container) -> (Vec<(String, String)>, Vec<String>) {
 }
 
 impl Launch {
-    fn from_revision(rev: &Revision, opts: &Options) -> anyhow::Result<Launch> {
+    fn from_revision(
+        rev: &Revision,
+        opts: &Options,
+        lookup: &dyn crate::resolve::Lookup,
+    ) -> anyhow::Result<Launch> {
         let deployment = desired_deployment(rev, &opts.deployment, None)?;
         let pod = deployment
             .spec
@@ -352,13 +399,37 @@ impl Launch {
             .find(|c| c.name == QUEUE_CONTAINER)
             .ok_or_else(|| anyhow::anyhow!("no queue-proxy container"))?;
         let (declared_port, _) = rev.spec.serving_port();
-        let (env, unsupported) = literal_env(user);
-        let mut config_error = unsupported.first().map(|name| ContainerFailure {
-            reason: "CreateContainerConfigError".into(),
-            message: format!(
-                "env {name}: valueFrom (configMapKeyRef, secretKeyRef, resourceFieldRef) is not supported in local mode"
-            ),
-        });
+        let namespace = rev
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let revision = rev.metadata.name.clone().unwrap_or_default();
+        let field = format!("spec.containers[{serving}]");
+        let pod_facts = crate::resolve::Pod {
+            namespace: &namespace,
+            labels: rev.metadata.labels.clone().unwrap_or_default(),
+            annotations: rev.metadata.annotations.clone().unwrap_or_default(),
+            service_account: pod
+                .service_account_name
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+        };
+        let mut config_error = None;
+        // Environment and volumes, resolved now: the revision keeps them (as a running pod does).
+        let env = match crate::resolve::env(user, &pod_facts, lookup, &field) {
+            Ok(env) => env,
+            Err(f) => {
+                config_error = Some(f);
+                Vec::new()
+            }
+        };
+        let volumes_dir = opts.state.join("volumes").join(&namespace).join(&revision);
+        let (mounts, mount_error) =
+            mounts(user, &pod, opts, lookup, &namespace, &volumes_dir, &field);
+        if let Some(f) = mount_error {
+            config_error.get_or_insert(f);
+        }
         let image = user.image.clone().unwrap_or_default();
         let command = user.command.clone().unwrap_or_default();
         let args = user.args.clone().unwrap_or_default();
@@ -411,12 +482,6 @@ impl Launch {
             }
             queue_env.insert("SERVING_READINESS_PROBE".into(), p.to_string());
         }
-        let namespace = rev
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let revision = rev.metadata.name.clone().unwrap_or_default();
         // Probes: httpGet/tcpSocket readiness is the queue-proxy's; the rest runs here.
         let mut probe = |p: Option<&k8s_openapi::api::core::v1::Probe>,
                          field: &str,
@@ -465,6 +530,8 @@ impl Launch {
             args,
             env,
             workdir: user.working_dir.clone(),
+            mounts,
+            volumes: volumes_dir,
             queue_env,
             grace,
             backend: opts.backend.clone(),
@@ -828,7 +895,7 @@ fn podman_command(
     launch: &Launch,
     id: &str,
     env: &BTreeMap<String, String>,
-) -> tokio::process::Command {
+) -> Result<tokio::process::Command, String> {
     let mut cmd = tokio::process::Command::new("podman");
     cmd.args(podman_global_args());
     cmd.args([
@@ -857,6 +924,45 @@ fn podman_command(
     if let Some(dir) = &launch.workdir {
         cmd.arg("--workdir").arg(dir);
     }
+    for m in &launch.mounts {
+        let host = |base: PathBuf| match &m.sub_path {
+            Some(sub) => base.join(sub),
+            None => base,
+        };
+        let mode = if m.read_only { "ro" } else { "rw" };
+        match &m.source {
+            MountSource::Dir(dir) => {
+                cmd.arg("-v").arg(format!(
+                    "{}:{}:{mode}",
+                    host(dir.clone()).display(),
+                    m.destination
+                ));
+            }
+            MountSource::Empty {
+                memory, size: None, ..
+            } if *memory => {
+                cmd.arg("--mount")
+                    .arg(format!("type=tmpfs,destination={}", m.destination));
+            }
+            // sizeLimit: a tmpfs of that size enforces it (a write past it fails with ENOSPC
+            // where the kubelet would evict the pod).
+            MountSource::Empty {
+                size: Some(size), ..
+            } => {
+                cmd.arg("--mount").arg(format!(
+                    "type=tmpfs,destination={},tmpfs-size={size}",
+                    m.destination
+                ));
+            }
+            MountSource::Empty { volume, .. } => {
+                let dir = launch.volumes.join("instances").join(id).join(volume);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("emptyDir {volume}: {}: {e}", dir.display()))?;
+                cmd.arg("-v")
+                    .arg(format!("{}:{}:{mode}", host(dir).display(), m.destination));
+            }
+        }
+    }
     if !launch.command.is_empty() {
         // The JSON form keeps every element of `command` as one argument.
         cmd.arg("--entrypoint")
@@ -864,7 +970,7 @@ fn podman_command(
     }
     cmd.arg(&launch.image);
     cmd.args(&launch.args);
-    cmd
+    Ok(cmd)
 }
 
 fn podman_image_present(image: &str) -> bool {
@@ -880,6 +986,17 @@ async fn run_instance(
     events: mpsc::UnboundedSender<Event>,
     stop: oneshot::Receiver<()>,
 ) {
+    run_container(&launch, &id, events, stop).await;
+    remove_instance_volumes(&launch, &id);
+}
+
+async fn run_container(
+    launch: &Arc<Launch>,
+    id: &str,
+    events: mpsc::UnboundedSender<Event>,
+    stop: oneshot::Receiver<()>,
+) {
+    let (launch, id) = (launch.clone(), id.to_string());
     let failure = |reason: &str, message: String| Event::Exited {
         id: id.clone(),
         failure: Some(ContainerFailure {
@@ -911,7 +1028,17 @@ async fn run_instance(
             return;
         }
     };
-    let mut env: BTreeMap<String, String> = launch.env.iter().cloned().collect();
+    let mut env: BTreeMap<String, String> = launch
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                crate::resolve::EnvValue::Literal(v) => v.clone(),
+                crate::resolve::EnvValue::PodName => id.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
     env.insert("PORT".into(), port.to_string());
     let mut cmd = match launch.backend {
         Backend::Process => {
@@ -933,7 +1060,13 @@ async fn run_instance(
                 ));
                 return;
             }
-            podman_command(&launch, &id, &env)
+            match podman_command(&launch, &id, &env) {
+                Ok(cmd) => cmd,
+                Err(e) => {
+                    let _ = events.send(failure("CreateContainerError", e));
+                    return;
+                }
+            }
         }
     };
     cmd.stdin(std::process::Stdio::null())
@@ -1067,6 +1200,11 @@ async fn run_instance(
             let _ = events.send(Event::Exited { id, failure: None });
         }
     }
+}
+
+/// Remove an instance's emptyDir volumes (they live and die with it, as with a pod).
+fn remove_instance_volumes(launch: &Launch, id: &str) {
+    let _ = std::fs::remove_dir_all(launch.volumes.join("instances").join(id));
 }
 
 /// How an instance's life ended.
@@ -1206,4 +1344,109 @@ async fn terminate(child: &mut tokio::process::Child, pid: Option<u32>, grace: D
         signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     }
     let _ = child.kill().await;
+}
+
+/// The serving container's volume mounts, made concrete (configMap, secret and projected
+/// volumes written under `dir`), or why they cannot be.
+fn mounts(
+    user: &Container,
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+    opts: &Options,
+    lookup: &dyn crate::resolve::Lookup,
+    namespace: &str,
+    dir: &Path,
+    field: &str,
+) -> (Vec<Mount>, Option<ContainerFailure>) {
+    let fail = |message: String| {
+        Some(ContainerFailure {
+            reason: "CreateContainerConfigError".into(),
+            message,
+        })
+    };
+    let mut out = Vec::new();
+    for (i, m) in user.volume_mounts.iter().flatten().enumerate() {
+        let at = format!("{field}.volumeMounts[{i}]");
+        if opts.backend == Backend::Process {
+            return (
+                out,
+                fail(format!(
+                    "{at} (mountPath {}): the process runtime runs host processes and cannot mount volumes; run local mode with --runtime podman",
+                    m.mount_path
+                )),
+            );
+        }
+        let Some((vi, volume)) = pod
+            .volumes
+            .iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, v)| v.name == m.name)
+        else {
+            return (
+                out,
+                fail(format!("{at}.name: no volume is named {:?}", m.name)),
+            );
+        };
+        let vfield = format!("spec.volumes[{vi}]");
+        let source = match crate::resolve::volume_files(volume, namespace, lookup, &vfield) {
+            Ok(Some(files)) => {
+                let path = dir.join(&volume.name);
+                if let Err(e) = write_volume(&path, &files) {
+                    return (
+                        out,
+                        fail(format!("{vfield}: writing {}: {e}", path.display())),
+                    );
+                }
+                MountSource::Dir(path)
+            }
+            Ok(None) => {
+                let e = volume.empty_dir.as_ref();
+                MountSource::Empty {
+                    volume: volume.name.clone(),
+                    memory: e.and_then(|e| e.medium.as_deref()) == Some("Memory"),
+                    size: e
+                        .and_then(|e| e.size_limit.as_ref())
+                        .and_then(|q| crate::resolve::quantity(&q.0))
+                        .map(|b| b as u64),
+                }
+            }
+            Err(f) => return (out, Some(f)),
+        };
+        out.push(Mount {
+            // ConfigMap, Secret and projected volumes are read-only, as the kubelet mounts them.
+            read_only: m.read_only == Some(true) || volume.empty_dir.is_none(),
+            source,
+            destination: m.mount_path.clone(),
+            sub_path: m.sub_path.clone().filter(|p| !p.is_empty()),
+        });
+    }
+    (out, None)
+}
+
+/// Write a volume's files under `dir` (replacing what was there), each with its mode.
+fn write_volume(dir: &Path, files: &[crate::resolve::File]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    for f in files {
+        // Paths stay inside the volume (validation refuses `..`; this keeps it so).
+        let rel = Path::new(&f.path);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(std::io::Error::other(format!(
+                "path {:?} leaves the volume",
+                f.path
+            )));
+        }
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, &f.data)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode & 0o777))?;
+    }
+    Ok(())
 }
