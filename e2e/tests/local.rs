@@ -498,3 +498,56 @@ fn env_from_config_maps_secrets_and_fields() {
         "{err}"
     );
 }
+
+/// securityContext and resources under the process runtime: a user switch is honoured
+/// (`setpriv`, when ebb runs as root); what a host process cannot honour fails the revision
+/// naming the field and `--runtime podman` — never silently ignored.
+#[test]
+fn process_runtime_honours_or_refuses_the_security_context() {
+    let ebb = Ebb::start();
+    let svc = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n      containers:\n        - image: ebb/runtime-info\n          command: [\"runtime-info\"]\n{extra}"
+        )
+    };
+    if nix::unistd::Uid::effective().is_root() {
+        ebb.apply(&svc("user", "          securityContext:\n            runAsUser: 1000\n            runAsGroup: 1000\n            allowPrivilegeEscalation: false\n"));
+        let rt = rt();
+        let (status, body) =
+            rt.block_on(request(&http_client(), ebb.gateway, &ebb.host("user"), "/"));
+        assert_eq!(status, 200, "{body}");
+        let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (info["uid"].as_u64(), info["gid"].as_u64()),
+            (Some(1000), Some(1000)),
+            "{body}"
+        );
+    } else {
+        eprintln!("(not root: the user switch is covered by the refusal below)");
+    }
+    for (name, extra, field) in [
+        (
+            "rofs",
+            "          securityContext:\n            readOnlyRootFilesystem: true\n",
+            "readOnlyRootFilesystem",
+        ),
+        (
+            "limited",
+            "          resources:\n            limits:\n              memory: 128Mi\n",
+            "resources.limits",
+        ),
+        (
+            "sidecar",
+            "          ports:\n            - containerPort: 8080\n        - image: ebb/hello\n          name: side\n          command: [\"hello\"]\n",
+            "spec.containers[1]",
+        ),
+    ] {
+        let out = ebb.cli_stdin(
+            &["apply", "-f", "-", "--wait-timeout", "30s"],
+            Some(&svc(name, extra)),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}");
+        assert!(err.contains(field), "{name}: {err}");
+    }
+}

@@ -197,3 +197,58 @@ fn podman_mounts_config_maps_secrets_and_empty_dirs() {
     let _ = Command::new("podman").args(["rmi", "-f", &tag]).output();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// securityContext and resources through podman: the user, a memory limit the container's
+/// cgroup shows, a read-only root; runAsNonRoot with an image that runs as root is refused.
+#[test]
+#[ignore = "needs podman: scripts/test.sh runs it (--run-ignored) where podman works"]
+fn podman_applies_security_context_and_limits() {
+    assert!(podman_works(), "podman is not installed (or does not run)");
+    let dir = std::env::temp_dir().join(format!("ebb-podman-sec-{}", std::process::id()));
+    let tag = format!("localhost/ebb-e2e/runtime-info-sec:{}", std::process::id());
+    import_app_image(
+        Path::new(env!("CARGO_BIN_EXE_runtime-info")),
+        "runtime-info",
+        &tag,
+        &dir,
+    );
+    let ebb = Ebb::start_with(&["--runtime", "podman"]);
+    let limit_file = "/sys/fs/cgroup/memory/memory.limit_in_bytes:/sys/fs/cgroup/memory.max";
+    let yaml = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: sec\nspec:\n  template:\n    spec:\n      containers:\n        - image: {tag}\n          env:\n            - {{name: SHOW_FILES, value: \"{limit_file}\"}}\n          securityContext:\n            runAsUser: 1000\n            runAsGroup: 1000\n            readOnlyRootFilesystem: true\n            allowPrivilegeEscalation: false\n            capabilities: {{drop: [ALL]}}\n          resources:\n            limits: {{memory: 128Mi, cpu: \"1\"}}\n            requests: {{cpu: 125m}}\n"
+    );
+    ebb.apply(&yaml);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (code, body) = rt.block_on(request(&http_client(), ebb.gateway, &ebb.host("sec"), "/"));
+    assert_eq!(code, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (info["uid"].as_u64(), info["gid"].as_u64()),
+        (Some(1000), Some(1000)),
+        "{body}"
+    );
+    let limit = info["files"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|v| v.as_str())
+        .map(str::trim)
+        .find(|v| !v.is_empty())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(limit, "134217728", "the cgroup's memory limit: {body}");
+
+    let root = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: rooted\nspec:\n  template:\n    spec:\n      containers:\n        - image: {tag}\n          securityContext:\n            runAsNonRoot: true\n"
+    );
+    let out = ebb.cli_stdin(&["apply", "-f", "-", "--wait-timeout", "30s"], Some(&root));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("runAsNonRoot") && err.contains("root"),
+        "{err}"
+    );
+    drop(ebb);
+    let _ = Command::new("podman").args(["rmi", "-f", &tag]).output();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,4 +9,5 @@ pub mod client;
 pub mod probes;
 pub mod resolve;
 pub mod runtime;
+pub mod security;
 pub mod server;

@@ -195,6 +195,8 @@ pub struct Target {
 pub enum Exec {
     /// A host process: the command runs with the container's environment and directory.
     Process {
+        /// Runs the command as the container (`setpriv …`).
+        prefix: Vec<String>,
         env: Vec<(String, String)>,
         workdir: Option<PathBuf>,
     },
@@ -271,9 +273,14 @@ async fn http_get(
 
 async fn exec(cmd: &[String], how: &Exec) -> Result<(), String> {
     let mut c = match how {
-        Exec::Process { env, workdir } => {
-            let mut c = tokio::process::Command::new(&cmd[0]);
-            c.args(&cmd[1..]).env_clear().envs(env.iter().cloned());
+        Exec::Process {
+            prefix,
+            env,
+            workdir,
+        } => {
+            let full: Vec<&String> = prefix.iter().chain(cmd).collect();
+            let mut c = tokio::process::Command::new(full[0]);
+            c.args(&full[1..]).env_clear().envs(env.iter().cloned());
             if let Ok(path) = std::env::var("PATH")
                 && !env.iter().any(|(k, _)| k == "PATH")
             {
@@ -466,6 +473,7 @@ mod tests {
         let target = Target {
             port,
             exec: Exec::Process {
+                prefix: vec![],
                 env: vec![("X".into(), "1".into())],
                 workdir: None,
             },

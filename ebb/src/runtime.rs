@@ -343,6 +343,12 @@ struct Launch {
     mounts: Vec<Mount>,
     /// Where this revision's volumes and its instances' emptyDirs live.
     volumes: PathBuf,
+    /// podman's flags for the securityContext and resources.
+    podman_args: Vec<String>,
+    /// runAsNonRoot with the image's own user: the image must not run as root.
+    non_root_image: bool,
+    /// The `setpriv` prefix a host process (and its exec probes) runs under.
+    wrapper: Vec<String>,
     /// The queue-proxy's variables, ports left to the OS.
     queue_env: HashMap<String, String>,
     /// How long the user process gets after SIGTERM.
@@ -438,12 +444,56 @@ impl Launch {
         } else {
             command.iter().chain(&args).cloned().collect()
         };
-        if pod.containers.len() > 2 && config_error.is_none() {
-            tracing::warn!(
-                revision = rev.metadata.name.as_deref().unwrap_or_default(),
-                "local mode runs only the serving container; sidecars are not started"
-            );
+        let config = |message: String| ContainerFailure {
+            reason: "CreateContainerConfigError".into(),
+            message,
+        };
+        if let Some((i, sidecar)) = rev
+            .spec
+            .pod
+            .containers
+            .iter()
+            .enumerate()
+            .find(|(i, _)| *i != serving)
+        {
+            config_error.get_or_insert(config(format!(
+                "spec.containers[{i}] ({}): sidecars are not run in local mode yet (each instance would need a pod of its own); run the service on a cluster",
+                sidecar.name
+            )));
         }
+        if let Err(e) = crate::security::fits(user, &field) {
+            config_error.get_or_insert(ContainerFailure {
+                reason: "Unschedulable".into(),
+                message: e,
+            });
+        }
+        let security = crate::security::effective(&pod, user, &field);
+        let (wrapper, podman_args) = match opts.backend {
+            Backend::Process => {
+                match crate::security::process_wrapper(
+                    &security,
+                    user,
+                    nix::unistd::getuid().as_raw(),
+                    &field,
+                ) {
+                    Ok(w) => (w, Vec::new()),
+                    Err(e) => {
+                        config_error.get_or_insert(config(e));
+                        (Vec::new(), Vec::new())
+                    }
+                }
+            }
+            Backend::Podman => match crate::security::podman_args(&security, user, &field) {
+                Ok(a) => (Vec::new(), a),
+                Err(e) => {
+                    config_error.get_or_insert(config(e));
+                    (Vec::new(), Vec::new())
+                }
+            },
+        };
+        // runAsNonRoot without runAsUser depends on the image's user: checked when it runs.
+        let non_root_image = security.run_as_non_root && security.run_as_user.is_none();
+        let program: Vec<String> = wrapper.iter().cloned().chain(program).collect();
         if opts.backend == Backend::Process && program.is_empty() {
             config_error = Some(ContainerFailure {
                 reason: "CreateContainerConfigError".into(),
@@ -532,6 +582,9 @@ impl Launch {
             workdir: user.working_dir.clone(),
             mounts,
             volumes: volumes_dir,
+            podman_args,
+            non_root_image,
+            wrapper,
             queue_env,
             grace,
             backend: opts.backend.clone(),
@@ -924,6 +977,7 @@ fn podman_command(
     if let Some(dir) = &launch.workdir {
         cmd.arg("--workdir").arg(dir);
     }
+    cmd.args(&launch.podman_args);
     for m in &launch.mounts {
         let host = |base: PathBuf| match &m.sub_path {
             Some(sub) => base.join(sub),
@@ -971,6 +1025,19 @@ fn podman_command(
     cmd.arg(&launch.image);
     cmd.args(&launch.args);
     Ok(cmd)
+}
+
+/// Does the image's configured user (`USER`) run as root?
+fn image_runs_as_root(image: &str) -> bool {
+    let out = std::process::Command::new("podman")
+        .args(podman_global_args())
+        .args(["image", "inspect", "--format", "{{.Config.User}}", image])
+        .output();
+    let user = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let name = user.split(':').next().unwrap_or("");
+    name.is_empty() || name == "root" || name == "0"
 }
 
 fn podman_image_present(image: &str) -> bool {
@@ -1060,6 +1127,13 @@ async fn run_container(
                 ));
                 return;
             }
+            if launch.non_root_image && image_runs_as_root(&launch.image) {
+                let _ = events.send(failure(
+                    "CreateContainerConfigError",
+                    "container has runAsNonRoot and image will run as root (set runAsUser, or an image with a non-root USER)".into(),
+                ));
+                return;
+            }
             match podman_command(&launch, &id, &env) {
                 Ok(cmd) => cmd,
                 Err(e) => {
@@ -1138,6 +1212,7 @@ async fn run_container(
         port,
         exec: match launch.backend {
             Backend::Process => Exec::Process {
+                prefix: launch.wrapper.clone(),
                 env: env.clone().into_iter().collect(),
                 workdir: launch.workdir.clone().map(PathBuf::from),
             },
