@@ -349,6 +349,14 @@ struct Launch {
     non_root_image: bool,
     /// The `setpriv` prefix a host process (and its exec probes) runs under.
     wrapper: Vec<String>,
+    /// The serving container's name (its image's status entry).
+    container: String,
+    /// `imagePullPolicy`, defaulted as Kubernetes does.
+    pull_policy: String,
+    /// A podman auth file from the pod's `imagePullSecrets`.
+    auth_file: Option<PathBuf>,
+    /// The image pinned to its digest when the revision was created (from its status).
+    pinned: Option<String>,
     /// The queue-proxy's variables, ports left to the OS.
     queue_env: HashMap<String, String>,
     /// How long the user process gets after SIGTERM.
@@ -491,6 +499,36 @@ impl Launch {
                 }
             },
         };
+        // Images: the pull policy, credentials, and the digest pinned at creation.
+        let pull_policy = user
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| default_pull_policy(&image_of(user)));
+        let pinned = rev
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.iter().find(|c| c.name == user.name))
+            .map(|c| c.image_digest.clone())
+            .filter(|d| !d.is_empty());
+        let auth_file = if opts.backend == Backend::Podman {
+            match pull_auth(
+                &pod,
+                lookup,
+                &namespace,
+                &opts
+                    .state
+                    .join("auth")
+                    .join(format!("{namespace}-{revision}.json")),
+            ) {
+                Ok(f) => f,
+                Err(e) => {
+                    config_error.get_or_insert(config(e));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         // runAsNonRoot without runAsUser depends on the image's user: checked when it runs.
         let non_root_image = security.run_as_non_root && security.run_as_user.is_none();
         let program: Vec<String> = wrapper.iter().cloned().chain(program).collect();
@@ -585,6 +623,10 @@ impl Launch {
             podman_args,
             non_root_image,
             wrapper,
+            container: user.name.clone(),
+            pull_policy,
+            auth_file,
+            pinned,
             queue_env,
             grace,
             backend: opts.backend.clone(),
@@ -658,6 +700,15 @@ async fn supervise(
     let created = Instant::now();
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     let mut published: Option<(Vec<SocketAddr>, Vec<ScrapeTarget>)> = None;
+    // The image instances run: the process runtime's program, or podman's image pinned to its
+    // digest once pulled.
+    let mut image: Option<String> = match launch.backend {
+        Backend::Process => Some(launch.image.clone()),
+        Backend::Podman => None,
+    };
+    let mut pulling: Option<tokio::task::JoinHandle<Result<String, (String, String)>>> = None;
+    let mut pull_failures: u32 = 0;
+    let mut digests: Vec<serving_api::revision::ContainerStatus> = Vec::new();
     loop {
         let stopping_all = *stop_rx.borrow();
         let want = if stopping_all {
@@ -666,8 +717,23 @@ async fn supervise(
             usize::try_from(*desired_rx.borrow()).unwrap_or(0)
         };
         let live = running.iter().filter(|r| !r.stopping()).count();
-        let may_start = launch.config_error.is_none()
-            && backoff_until.is_none_or(|t| tokio::time::Instant::now() >= t);
+        let backed_off = backoff_until.is_none_or(|t| tokio::time::Instant::now() >= t);
+        // The image is resolved (pulled per its policy, pinned to its digest) once, when the
+        // revision first runs, whatever its scale — as Knative resolves digests at creation.
+        if image.is_none() && pulling.is_none() && launch.config_error.is_none() && backed_off {
+            let (reference, policy, auth) = (
+                launch
+                    .pinned
+                    .clone()
+                    .unwrap_or_else(|| launch.image.clone()),
+                launch.pull_policy.clone(),
+                launch.auth_file.clone(),
+            );
+            pulling = Some(tokio::task::spawn_blocking(move || {
+                pull_and_pin(&reference, &policy, auth.as_deref())
+            }));
+        }
+        let may_start = launch.config_error.is_none() && image.is_some() && backed_off;
         if live < want && may_start {
             for _ in live..want {
                 let id = instance_id(&launch.revision);
@@ -682,7 +748,13 @@ async fn supervise(
                     stop: Some(stop),
                     started: Instant::now(),
                 });
-                tokio::spawn(run_instance(launch.clone(), id, tx.clone(), stop_rx));
+                tokio::spawn(run_instance(
+                    launch.clone(),
+                    id,
+                    image.clone().unwrap_or_default(),
+                    tx.clone(),
+                    stop_rx,
+                ));
             }
         } else if live > want {
             // Not-ready instances go first, then the newest (as a ReplicaSet scales down).
@@ -758,6 +830,10 @@ async fn supervise(
                 } else {
                     Activity::Activating { queued }
                 },
+                waiting: pulling
+                    .as_ref()
+                    .map(|_| format!("Pulling image {:?}", launch.image)),
+                image_digests: digests.clone(),
             };
             write_status(&rt.store, &key, &workload);
         }
@@ -768,7 +844,43 @@ async fn supervise(
                 None => std::future::pending().await,
             }
         };
+        let pulled = async {
+            match pulling.as_mut() {
+                Some(p) => p.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            done = pulled => {
+                pulling = None;
+                match done {
+                    Ok(Ok(reference)) => {
+                        if launch.backend == Backend::Podman {
+                            digests = vec![serving_api::revision::ContainerStatus {
+                                name: launch.container.clone(),
+                                image_digest: reference.clone(),
+                            }];
+                        }
+                        image = Some(reference);
+                        pull_failures = 0;
+                        if failure.as_ref().is_some_and(|f| f.reason.contains("Image")) {
+                            failure = None;
+                        }
+                    }
+                    Ok(Err((reason, message))) => {
+                        pull_failures += 1;
+                        let reason = if pull_failures > 1 && reason == "ErrImagePull" { "ImagePullBackOff".to_string() } else { reason };
+                        failure = Some(ContainerFailure { reason, message });
+                        let delay = Duration::from_millis(500)
+                            .saturating_mul(1 << pull_failures.min(6))
+                            .min(Duration::from_secs(30));
+                        backoff_until = Some(tokio::time::Instant::now() + delay);
+                    }
+                    Err(e) => {
+                        failure = Some(ContainerFailure { reason: "ErrImagePull".into(), message: e.to_string() });
+                    }
+                }
+            }
             _ = desired_rx.changed() => {}
             _ = stop_rx.changed() => {}
             _ = status_tick.tick() => {}
@@ -947,6 +1059,7 @@ pub fn podman_global_args() -> Vec<String> {
 fn podman_command(
     launch: &Launch,
     id: &str,
+    image: &str,
     env: &BTreeMap<String, String>,
 ) -> Result<tokio::process::Command, String> {
     let mut cmd = tokio::process::Command::new("podman");
@@ -1022,7 +1135,7 @@ fn podman_command(
         cmd.arg("--entrypoint")
             .arg(serde_json::Value::from(launch.command.clone()).to_string());
     }
-    cmd.arg(&launch.image);
+    cmd.arg(image);
     cmd.args(&launch.args);
     Ok(cmd)
 }
@@ -1042,24 +1155,173 @@ fn image_runs_as_root(image: &str) -> bool {
 
 fn podman_image_present(image: &str) -> bool {
     std::process::Command::new("podman")
+        .args(podman_global_args())
         .args(["image", "exists", image])
         .status()
         .is_ok_and(|s| s.success())
 }
 
+/// The image a container names (its `image`).
+fn image_of(c: &Container) -> String {
+    c.image.clone().unwrap_or_default()
+}
+
+/// Kubernetes' default `imagePullPolicy`: Always for `:latest` or no tag, IfNotPresent else.
+fn default_pull_policy(image: &str) -> String {
+    if image.contains('@') {
+        return "IfNotPresent".into();
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, tag)) if tag != "latest" => "IfNotPresent".into(),
+        _ => "Always".into(),
+    }
+}
+
+/// The repository of an image reference (without tag or digest).
+fn repository(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
+    }
+}
+
+/// Pull `reference` as `policy` says, then pin it: `repository@digest`. Errors are (reason,
+/// message naming the image and the registry's answer).
+fn pull_and_pin(
+    reference: &str,
+    policy: &str,
+    auth: Option<&Path>,
+) -> Result<String, (String, String)> {
+    let present = podman_image_present(reference);
+    let pinned_already = reference.contains('@');
+    let pull = match policy {
+        "Never" if !present => {
+            return Err((
+                "ErrImageNeverPull".into(),
+                format!("image {reference:?} is not present locally and imagePullPolicy is Never"),
+            ));
+        }
+        "Never" => false,
+        "Always" => !pinned_already || !present,
+        _ => !present,
+    };
+    if pull {
+        let mut cmd = std::process::Command::new("podman");
+        cmd.args(podman_global_args()).arg("pull").arg("--quiet");
+        if let Some(auth) = auth {
+            cmd.arg("--authfile").arg(auth);
+        }
+        let out = cmd.arg(reference).output().map_err(|e| {
+            (
+                "ErrImagePull".to_string(),
+                format!("podman pull {reference}: {e}"),
+            )
+        })?;
+        if !out.status.success() {
+            let answer = String::from_utf8_lossy(&out.stderr);
+            let answer = answer
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            return Err((
+                "ErrImagePull".into(),
+                format!("pulling image {reference:?}: {answer}"),
+            ));
+        }
+    }
+    let out = std::process::Command::new("podman")
+        .args(podman_global_args())
+        .args(["image", "inspect", "--format", "{{.Digest}}", reference])
+        .output()
+        .map_err(|e| {
+            (
+                "ErrImagePull".to_string(),
+                format!("podman image inspect {reference}: {e}"),
+            )
+        })?;
+    let digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !digest.starts_with("sha256:") {
+        return Err((
+            "ErrImagePull".into(),
+            format!(
+                "image {reference:?} has no digest: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(format!("{}@{digest}", repository(reference)))
+}
+
+/// A podman auth file from the pod's `imagePullSecrets` (kubernetes.io/dockerconfigjson
+/// Secrets), written to `path` (0600); none when the pod names none.
+fn pull_auth(
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+    lookup: &dyn crate::resolve::Lookup,
+    namespace: &str,
+    path: &Path,
+) -> Result<Option<PathBuf>, String> {
+    let mut auths = serde_json::Map::new();
+    for (i, r) in pod.image_pull_secrets.iter().flatten().enumerate() {
+        let field = format!("spec.imagePullSecrets[{i}]");
+        let secret = lookup
+            .get("Secret", &r.name)
+            .ok_or_else(|| format!("{field}: secret {namespace}/{:?} not found", r.name))?;
+        let (key, kind) = match secret["type"].as_str() {
+            Some("kubernetes.io/dockerconfigjson") => (".dockerconfigjson", "dockerconfigjson"),
+            Some("kubernetes.io/dockercfg") => (".dockercfg", "dockercfg"),
+            other => {
+                return Err(format!(
+                    "{field}: secret {:?} is of type {other:?}, not kubernetes.io/dockerconfigjson",
+                    r.name
+                ));
+            }
+        };
+        let raw = secret["data"][key]
+            .as_str()
+            .and_then(apiserver::admission::base64_decode)
+            .ok_or_else(|| format!("{field}: secret {:?} has no {key}", r.name))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&raw).map_err(|e| format!("{field}: {key} is not JSON: {e}"))?;
+        let entries = if kind == "dockerconfigjson" {
+            v["auths"].clone()
+        } else {
+            v
+        };
+        for (registry, auth) in entries.as_object().into_iter().flatten() {
+            auths.insert(registry.clone(), auth.clone());
+        }
+    }
+    if auths.is_empty() {
+        return Ok(None);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let body = serde_json::json!({ "auths": auths }).to_string();
+    crate::server::write_private(path, body.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Some(path.to_path_buf()))
+}
+
 async fn run_instance(
     launch: Arc<Launch>,
     id: String,
+    image: String,
     events: mpsc::UnboundedSender<Event>,
     stop: oneshot::Receiver<()>,
 ) {
-    run_container(&launch, &id, events, stop).await;
+    run_container(&launch, &id, &image, events, stop).await;
     remove_instance_volumes(&launch, &id);
 }
 
 async fn run_container(
     launch: &Arc<Launch>,
     id: &str,
+    image: &str,
     events: mpsc::UnboundedSender<Event>,
     stop: oneshot::Receiver<()>,
 ) {
@@ -1117,24 +1379,28 @@ async fn run_container(
             cmd
         }
         Backend::Podman => {
-            if !podman_image_present(&launch.image) {
-                let _ = events.send(failure(
-                    "ErrImagePull",
-                    format!(
-                        "image {:?} is not present locally; local mode does not pull (podman pull or podman build it first)",
-                        launch.image
-                    ),
-                ));
-                return;
+            // The pinned image was removed since (a prune): pulled again by its digest.
+            if !podman_image_present(image) {
+                let (reference, auth) = (image.to_string(), launch.auth_file.clone());
+                let pulled = tokio::task::spawn_blocking(move || {
+                    pull_and_pin(&reference, "IfNotPresent", auth.as_deref())
+                })
+                .await;
+                if let Ok(Err((reason, message))) | Err((reason, message)) =
+                    pulled.map_err(|e| ("ErrImagePull".to_string(), e.to_string()))
+                {
+                    let _ = events.send(failure(&reason, message));
+                    return;
+                }
             }
-            if launch.non_root_image && image_runs_as_root(&launch.image) {
+            if launch.non_root_image && image_runs_as_root(image) {
                 let _ = events.send(failure(
                     "CreateContainerConfigError",
                     "container has runAsNonRoot and image will run as root (set runAsUser, or an image with a non-root USER)".into(),
                 ));
                 return;
             }
-            match podman_command(&launch, &id, &env) {
+            match podman_command(&launch, &id, image, &env) {
                 Ok(cmd) => cmd,
                 Err(e) => {
                     let _ = events.send(failure("CreateContainerError", e));
@@ -1524,4 +1790,21 @@ fn write_volume(dir: &Path, files: &[crate::resolve::File]) -> std::io::Result<(
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode & 0o777))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references() {
+        assert_eq!(default_pull_policy("ghcr.io/a/b"), "Always");
+        assert_eq!(default_pull_policy("ghcr.io/a/b:latest"), "Always");
+        assert_eq!(default_pull_policy("127.0.0.1:5000/a/b:v1"), "IfNotPresent");
+        assert_eq!(default_pull_policy("127.0.0.1:5000/a/b"), "Always");
+        assert_eq!(default_pull_policy("b@sha256:00"), "IfNotPresent");
+        assert_eq!(repository("127.0.0.1:5000/a/b:v1"), "127.0.0.1:5000/a/b");
+        assert_eq!(repository("127.0.0.1:5000/a/b"), "127.0.0.1:5000/a/b");
+        assert_eq!(repository("b:v1@sha256:00"), "b");
+    }
 }

@@ -416,6 +416,9 @@ async fn reconcile_revision(rev: Arc<Revision>, ctx: Arc<Context>) -> Result<Act
         } else {
             Activity::Activating { queued: false }
         },
+        waiting: None,
+        // On Kubernetes the kubelet resolves images; digests are not pinned here yet.
+        image_digests: Vec::new(),
     };
     let status = revision_status(&rev, &workload);
     let changed = write_status(

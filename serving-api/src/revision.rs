@@ -121,6 +121,20 @@ pub struct RevisionStatus {
     /// Instances the autoscaler wants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_replicas: Option<i32>,
+    /// Each container's image as resolved when the revision was created: a tag pinned to its
+    /// digest, so the revision runs the same image forever.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_statuses: Vec<ContainerStatus>,
+}
+
+/// A container's resolved image.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    pub name: String,
+    /// `repository@sha256:…`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_digest: String,
 }
 
 impl Revision {

@@ -34,6 +34,11 @@ pub struct WorkloadState {
     pub progress_deadline_exceeded: bool,
     pub failure: Option<ContainerFailure>,
     pub activity: Activity,
+    /// What the workload is waiting for while it deploys (e.g. an image pull), shown as the
+    /// ResourcesAvailable message.
+    pub waiting: Option<String>,
+    /// Containers' images pinned to digests (kept from the previous status when empty).
+    pub image_digests: Vec<serving_api::revision::ContainerStatus>,
 }
 
 /// Container waiting reasons that mean the instance will not come up by itself soon.
@@ -78,7 +83,7 @@ pub fn revision_status(rev: &Revision, w: &WorkloadState) -> RevisionStatus {
             conditions::RESOURCES_AVAILABLE,
             ConditionStatus::Unknown,
             reasons::DEPLOYING,
-            "",
+            w.waiting.as_deref().unwrap_or(""),
         )
     };
 
@@ -143,5 +148,10 @@ pub fn revision_status(rev: &Revision, w: &WorkloadState) -> RevisionStatus {
         conditions: conds,
         actual_replicas: Some(w.ready_replicas),
         desired_replicas: Some(w.desired_replicas),
+        container_statuses: if w.image_digests.is_empty() {
+            previous.container_statuses
+        } else {
+            w.image_digests.clone()
+        },
     }
 }

@@ -15,6 +15,8 @@ fn state(exists: bool, ready: i32, desired: i32, activity: Activity) -> Workload
         progress_deadline_exceeded: false,
         failure: None,
         activity,
+        waiting: None,
+        image_digests: Vec::new(),
     }
 }
 
@@ -158,4 +160,46 @@ fn revision_status_table() {
         );
         assert_eq!(st.observed_generation, Some(1));
     }
+}
+
+/// What a deploying workload waits for is the ResourcesAvailable message, so `describe` says
+/// "Pulling image …" instead of nothing.
+#[test]
+fn waiting_is_the_deploying_message() {
+    let rev = revision("hello-00001", "hello", 1, None);
+    let w = WorkloadState {
+        waiting: Some("Pulling image registry.example/hello:1".into()),
+        ..state(true, 0, 1, Activity::Activating { queued: true })
+    };
+    let st = revision_status(&rev, &w);
+    let ra = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ResourcesAvailable")
+        .unwrap();
+    assert_eq!(ra.reason.as_deref(), Some("Deploying"));
+    assert_eq!(
+        ra.message.as_deref(),
+        Some("Pulling image registry.example/hello:1")
+    );
+}
+
+/// Digests are recorded once and kept by later statuses that do not resolve them again, so a
+/// revision keeps naming the image it was created with.
+#[test]
+fn image_digests_are_kept_once_recorded() {
+    let pinned = vec![serving_api::revision::ContainerStatus {
+        name: "user-container".into(),
+        image_digest: "registry.example/hello@sha256:abc".into(),
+    }];
+    let mut rev = revision("hello-00001", "hello", 1, None);
+    let w = WorkloadState {
+        image_digests: pinned.clone(),
+        ..state(true, 1, 1, Activity::Active)
+    };
+    let st = revision_status(&rev, &w);
+    assert_eq!(st.container_statuses, pinned);
+    rev.status = Some(st);
+    let later = revision_status(&rev, &state(true, 0, 0, Activity::Idle));
+    assert_eq!(later.container_statuses, pinned);
 }
