@@ -1208,52 +1208,94 @@ fn pull_and_pin(
         _ => !present,
     };
     if pull {
-        let mut cmd = std::process::Command::new("podman");
-        cmd.args(podman_global_args()).arg("pull").arg("--quiet");
-        if let Some(auth) = auth {
-            cmd.arg("--authfile").arg(auth);
-        }
-        let out = cmd.arg(reference).output().map_err(|e| {
+        podman_pull(reference, auth).map_err(|answer| {
             (
                 "ErrImagePull".to_string(),
-                format!("podman pull {reference}: {e}"),
+                format!("pulling image {reference:?}: {answer}"),
             )
         })?;
-        if !out.status.success() {
-            let answer = String::from_utf8_lossy(&out.stderr);
-            let answer = answer
-                .lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            return Err((
-                "ErrImagePull".into(),
-                format!("pulling image {reference:?}: {answer}"),
-            ));
-        }
     }
+    if pinned_already {
+        return Ok(reference.to_string());
+    }
+    let no_digest = |why: String| {
+        (
+            "ErrImagePull".to_string(),
+            format!("image {reference:?} has no digest: {why}"),
+        )
+    };
     let out = std::process::Command::new("podman")
         .args(podman_global_args())
-        .args(["image", "inspect", "--format", "{{.Digest}}", reference])
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{.Digest}} {{json .RepoDigests}}",
+            reference,
+        ])
         .output()
-        .map_err(|e| {
-            (
-                "ErrImagePull".to_string(),
-                format!("podman image inspect {reference}: {e}"),
-            )
-        })?;
-    let digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() || !digest.starts_with("sha256:") {
-        return Err((
-            "ErrImagePull".into(),
-            format!(
-                "image {reference:?} has no digest: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
+        .map_err(|e| no_digest(e.to_string()))?;
+    if !out.status.success() {
+        return Err(no_digest(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ));
     }
-    Ok(format!("{}@{digest}", repository(reference)))
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (primary, repo_digests) = text.trim().split_once(' ').unwrap_or((text.trim(), "[]"));
+    let repo_digests: Vec<String> = serde_json::from_str(repo_digests).unwrap_or_default();
+    // This image's `repository@digest` names (podman qualifies short names).
+    let repo = repository(reference);
+    let candidates: Vec<&String> = repo_digests
+        .iter()
+        .filter(|d| {
+            let r = repository(d);
+            r == repo || r.ends_with(&format!("/{repo}"))
+        })
+        .collect();
+    let chosen = match candidates.as_slice() {
+        [] if primary.starts_with("sha256:") => format!("{repo}@{primary}"),
+        [] => return Err(no_digest(format!("podman lists none ({text:?})"))),
+        [one] => (*one).clone(),
+        // The image was also known under other manifests (built here, then pushed: the
+        // registry's manifest differs from the local one). The registry's is the one a later
+        // pull by digest finds: after a pull, the newest that the registry confirms; without
+        // a pull, the image's own.
+        many if pull => many
+            .iter()
+            .rev()
+            .find(|d| podman_pull(d, auth).is_ok())
+            .map(|d| (*d).clone())
+            .ok_or_else(|| no_digest("the registry knows none of its manifests".into()))?,
+        many => many
+            .iter()
+            .find(|d| d.ends_with(primary))
+            .unwrap_or(&many[0])
+            .to_string(),
+    };
+    Ok(chosen)
+}
+
+/// `podman pull --quiet [--authfile]`; the error is podman's last line (the registry's answer).
+fn podman_pull(reference: &str, auth: Option<&Path>) -> Result<(), String> {
+    let mut cmd = std::process::Command::new("podman");
+    cmd.args(podman_global_args()).arg("pull").arg("--quiet");
+    if let Some(auth) = auth {
+        cmd.arg("--authfile").arg(auth);
+    }
+    let out = cmd
+        .arg(reference)
+        .output()
+        .map_err(|e| format!("podman pull: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let answer = String::from_utf8_lossy(&out.stderr);
+    Err(answer
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string())
 }
 
 /// A podman auth file from the pod's `imagePullSecrets` (kubernetes.io/dockerconfigjson
@@ -1292,7 +1334,17 @@ fn pull_auth(
             v
         };
         for (registry, auth) in entries.as_object().into_iter().flatten() {
-            auths.insert(registry.clone(), auth.clone());
+            // The kubelet also takes `username`/`password`; podman reads only `auth`.
+            let mut auth = auth.clone();
+            if auth["auth"].as_str().is_none_or(str::is_empty)
+                && let (Some(user), Some(password)) =
+                    (auth["username"].as_str(), auth["password"].as_str())
+            {
+                auth["auth"] =
+                    apiserver::admission::base64_encode(format!("{user}:{password}").as_bytes())
+                        .into();
+            }
+            auths.insert(registry.clone(), auth);
         }
     }
     if auths.is_empty() {
