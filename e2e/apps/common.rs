@@ -46,7 +46,16 @@ where
         }
     };
     rt.block_on(async move {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port()));
+        // Loopback on the host; every interface in a container's own network namespace (podman
+        // sets `container` and writes /run/.containerenv), where the port is published.
+        let in_container = std::env::var_os("container").is_some()
+            || std::path::Path::new("/run/.containerenv").exists();
+        let ip = if in_container {
+            [0, 0, 0, 0]
+        } else {
+            [127, 0, 0, 1]
+        };
+        let addr = std::net::SocketAddr::from((ip, port()));
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
             Err(e) => {

@@ -468,3 +468,51 @@ fn podman_pulls_from_a_registry_and_pins_digests() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Each podman instance has a network namespace of its own, as a pod has: the app listens on
+/// its declared containerPort (Knative's `PORT`), so two instances of one revision both listen
+/// on it without colliding, and a liveness probe on that port reaches it through its published
+/// loopback port; the runtime contract's files are there.
+#[test]
+#[ignore = "needs podman: scripts/test.sh runs it (--run-ignored) where podman works"]
+fn podman_instances_have_their_own_network_namespace() {
+    assert!(podman_works(), "podman is not installed (or does not run)");
+    let dir = std::env::temp_dir().join(format!("ebb-podman-net-{}", std::process::id()));
+    let tag = format!("localhost/ebb-e2e/runtime-info-net:{}", std::process::id());
+    import_app_image(
+        Path::new(env!("CARGO_BIN_EXE_runtime-info")),
+        "runtime-info",
+        &tag,
+        &dir,
+    );
+    let ebb = Ebb::start_with(&["--runtime", "podman"]);
+    let yaml = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: net\nspec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/min-scale: \"2\"\n    spec:\n      containers:\n        - image: {tag}\n          ports: [{{containerPort: 8888}}]\n          env:\n            - {{name: SHOW_FILES, value: \"/etc/resolv.conf:/etc/hosts:/dev/null\"}}\n          livenessProbe:\n            tcpSocket: {{port: 8888}}\n            periodSeconds: 1\n"
+    );
+    ebb.apply(&yaml);
+    wait_until(
+        "two ready instances",
+        std::time::Duration::from_secs(60),
+        || ebb.ready_instances("net-00001") == 2,
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (code, body) = rt.block_on(request(&http_client(), ebb.gateway, &ebb.host("net"), "/"));
+    assert_eq!(code, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        info["env"]["PORT"], "8888",
+        "PORT is the declared port: {body}"
+    );
+    for file in ["/etc/resolv.conf", "/etc/hosts", "/dev/null"] {
+        assert!(info["files"][file].is_string(), "{file} present: {body}");
+    }
+    // Liveness keeps passing through the published port: no restart after a few periods.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let revision = ebb.get_json("revision", "net-00001");
+    let conditions = revision["status"]["conditions"].to_string();
+    assert!(!conditions.contains("CrashLoopBackOff"), "{conditions}");
+    assert_eq!(ebb.ready_instances("net-00001"), 2);
+    drop(ebb);
+    let _ = Command::new("podman").args(["rmi", "-f", &tag]).output();
+    let _ = std::fs::remove_dir_all(&dir);
+}

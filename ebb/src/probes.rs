@@ -187,6 +187,9 @@ impl Thresholds {
 pub struct Target {
     /// The instance's serving port (the app listens there).
     pub port: u16,
+    /// Other container ports as the host reaches them (a podman instance publishes each port a
+    /// probe names from its own network namespace); a port not listed is reached as is.
+    pub published: Vec<(u16, u16)>,
     /// How to run a command in the container.
     pub exec: Exec,
 }
@@ -211,7 +214,11 @@ pub enum Exec {
 pub async fn check(plan: &Plan, target: &Target) -> Result<(), String> {
     let port = match plan.port {
         Port::Instance => target.port,
-        Port::Fixed(p) => p,
+        Port::Fixed(p) => target
+            .published
+            .iter()
+            .find(|(inside, _)| *inside == p)
+            .map_or(p, |(_, host)| *host),
     };
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let run = async {
@@ -472,12 +479,29 @@ mod tests {
         });
         let target = Target {
             port,
+            published: vec![],
             exec: Exec::Process {
                 prefix: vec![],
                 env: vec![("X".into(), "1".into())],
                 workdir: None,
             },
         };
+        // A port the probe names inside a network namespace, reached where it is published.
+        let published = Target {
+            port: 1,
+            published: vec![(9000, port)],
+            ..target.clone()
+        };
+        let fixed = Plan {
+            check: Check::Tcp,
+            port: Port::Fixed(9000),
+            initial_delay: Duration::ZERO,
+            period: AGGRESSIVE,
+            timeout: Duration::from_secs(2),
+            success_threshold: 1,
+            failure_threshold: 1,
+        };
+        assert_eq!(check(&fixed, &published).await, Ok(()));
         let plan = |check| Plan {
             check,
             port: Port::Instance,

@@ -27,7 +27,7 @@ use serving_controller::workload::{QUEUE_CONTAINER, desired_deployment};
 use store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::probes::{Check, Exec, Plan, Target, Thresholds};
+use crate::probes::{Check, Exec, Plan, Port, Target, Thresholds};
 
 /// How user containers run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -359,6 +359,10 @@ struct Launch {
     pinned: Option<String>,
     /// The queue-proxy's variables, ports left to the OS.
     queue_env: HashMap<String, String>,
+    /// The serving container's declared port: its `PORT` in its own network namespace (podman).
+    declared_port: u16,
+    /// Other container ports probes reach (published too, with podman).
+    probe_ports: Vec<u16>,
     /// How long the user process gets after SIGTERM.
     grace: Duration,
     logs: PathBuf,
@@ -602,6 +606,29 @@ impl Launch {
         );
         let liveness = probe(user.liveness_probe.as_ref(), "livenessProbe", false);
         let startup = probe(user.startup_probe.as_ref(), "startupProbe", false);
+        // Ports other than the declared one that a probe (ours or the queue-proxy's) reaches.
+        let mut probe_ports: Vec<u16> = [&readiness, &liveness, &startup]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| match p.port {
+                Port::Fixed(n) => Some(n),
+                Port::Instance => None,
+            })
+            .collect();
+        if let Some(p) = queue_env
+            .get("SERVING_READINESS_PROBE")
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        {
+            for kind in ["httpGet", "tcpSocket", "grpc"] {
+                if let Some(n) = p[kind]["port"].as_u64().and_then(|n| u16::try_from(n).ok())
+                    && n != 0
+                {
+                    probe_ports.push(n);
+                }
+            }
+        }
+        probe_ports.sort_unstable();
+        probe_ports.dedup();
         let grace = Duration::from_secs(
             pod.termination_grace_period_seconds
                 .unwrap_or(30)
@@ -628,6 +655,8 @@ impl Launch {
             auth_file,
             pinned,
             queue_env,
+            declared_port: u16::try_from(declared_port).unwrap_or(8080),
+            probe_ports,
             grace,
             backend: opts.backend.clone(),
             drain_quiet: opts.drain_quiet,
@@ -1061,15 +1090,18 @@ fn podman_command(
     id: &str,
     image: &str,
     env: &BTreeMap<String, String>,
+    ports: &[(u16, u16)],
 ) -> Result<tokio::process::Command, String> {
     let mut cmd = tokio::process::Command::new("podman");
     cmd.args(podman_global_args());
+    // Its own network namespace on podman's default network, as a pod has; the ports the
+    // queue-proxy and the probes reach are published on loopback only.
+    cmd.args(["run", "--rm", "--replace", "--network", &podman_network()?]);
+    for (inside, host) in ports {
+        cmd.arg("--publish")
+            .arg(format!("127.0.0.1:{host}:{inside}"));
+    }
     cmd.args([
-        "run",
-        "--rm",
-        "--replace",
-        "--network",
-        "host",
         "--ulimit",
         "nofile=1024:1024",
         "--ulimit",
@@ -1138,6 +1170,23 @@ fn podman_command(
     cmd.arg(image);
     cmd.args(&launch.args);
     Ok(cmd)
+}
+
+/// The podman network instances join: `EBB_PODMAN_NETWORK` (a network's name), else podman's
+/// default bridge. Modes without a network namespace of the instance's own are refused: there
+/// the app would listen on its declared port on the host, and two instances would collide.
+fn podman_network() -> Result<String, String> {
+    let network = std::env::var("EBB_PODMAN_NETWORK")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "bridge".into());
+    let mode = network.split(':').next().unwrap_or_default();
+    if matches!(mode, "host" | "none" | "container" | "ns" | "private") {
+        return Err(format!(
+            "EBB_PODMAN_NETWORK={network:?}: each instance needs a network namespace of its own on a podman network (bridge, or a network's name)"
+        ));
+    }
+    Ok(network)
 }
 
 /// Does the image's configured user (`USER`) run as root?
@@ -1420,7 +1469,24 @@ async fn run_container(
             (k.clone(), v)
         })
         .collect();
-    env.insert("PORT".into(), port.to_string());
+    // A host process listens on its own free port; a podman instance has its own network
+    // namespace, listens on its declared port (Knative's PORT) and is published on loopback at
+    // `port`, with every other port a probe reaches.
+    let mut published: Vec<(u16, u16)> = Vec::new();
+    if launch.backend == Backend::Podman {
+        for &inside in &launch.probe_ports {
+            match free_port() {
+                Ok(host) => published.push((inside, host)),
+                Err(e) => {
+                    let _ = events.send(failure("RunContainerError", format!("no free port: {e}")));
+                    return;
+                }
+            }
+        }
+        env.insert("PORT".into(), launch.declared_port.to_string());
+    } else {
+        env.insert("PORT".into(), port.to_string());
+    }
     let mut cmd = match launch.backend {
         Backend::Process => {
             let mut cmd = tokio::process::Command::new(&launch.program[0]);
@@ -1452,7 +1518,9 @@ async fn run_container(
                 ));
                 return;
             }
-            match podman_command(&launch, &id, image, &env) {
+            let mut ports = vec![(launch.declared_port, port)];
+            ports.extend(published.iter().copied());
+            match podman_command(&launch, &id, image, &env, &ports) {
                 Ok(cmd) => cmd,
                 Err(e) => {
                     let _ = events.send(failure("CreateContainerError", e));
@@ -1490,6 +1558,21 @@ async fn run_container(
     // The queue-proxy, in this process, on its own loopback ports.
     let mut vars = launch.queue_env.clone();
     vars.insert("USER_PORT".into(), port.to_string());
+    if !published.is_empty()
+        && let Some(mut p) = vars
+            .get("SERVING_READINESS_PROBE")
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+    {
+        for kind in ["httpGet", "tcpSocket", "grpc"] {
+            if let Some(&(_, host)) = published
+                .iter()
+                .find(|(inside, _)| p[kind]["port"].as_u64() == Some(u64::from(*inside)))
+            {
+                p[kind]["port"] = host.into();
+            }
+        }
+        vars.insert("SERVING_READINESS_PROBE".into(), p.to_string());
+    }
     vars.insert("SERVING_POD".into(), id.clone());
     let (qp_stop, qp_stop_rx) = oneshot::channel::<()>();
     let (bound_tx, bound_rx) = oneshot::channel();
@@ -1528,6 +1611,7 @@ async fn run_container(
 
     let target = Target {
         port,
+        published,
         exec: match launch.backend {
             Backend::Process => Exec::Process {
                 prefix: launch.wrapper.clone(),
