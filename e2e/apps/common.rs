@@ -22,8 +22,10 @@ pub fn text(status: u16, body: impl Into<Bytes>) -> http::Response<Body> {
     r
 }
 
+/// `$PORT`, or `$LISTEN_PORT` where a sidecar cannot be given `PORT` (reserved by Knative).
 pub fn port() -> u16 {
-    std::env::var("PORT")
+    std::env::var("LISTEN_PORT")
+        .or_else(|_| std::env::var("PORT"))
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080)

@@ -1,6 +1,7 @@
 //! Shows what the runtime gave the app: environment, request line and headers, the user it
 //! runs as, and the files named in `$SHOW_FILES` (colon-separated paths: a file's content, a
-//! directory's entries, or null when missing), as JSON.
+//! directory's entries, or null when missing), and what a plain `GET /` answers at each
+//! `host:port` in `$FETCH` (comma-separated: what the app's network namespace reaches), as JSON.
 
 mod common;
 
@@ -41,6 +42,26 @@ fn files() -> serde_json::Map<String, serde_json::Value> {
         .collect()
 }
 
+/// The body `GET /` answers at `addr` (HTTP/1.0, read to the end), or the error.
+fn fetch(addr: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        s.write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or(text))
+    })();
+    answer.map_or_else(
+        |e| serde_json::json!({ "error": e.to_string() }),
+        Into::into,
+    )
+}
+
 fn main() {
     common::serve("runtime-info", |req| async move {
         let env: serde_json::Map<String, serde_json::Value> =
@@ -62,6 +83,12 @@ fn main() {
             "uid": status_field("Uid:"),
             "gid": status_field("Gid:"),
             "files": files(),
+            "fetched": std::env::var("FETCH")
+                .unwrap_or_default()
+                .split(',')
+                .filter(|a| !a.is_empty())
+                .map(|a| (a.to_string(), fetch(a)))
+                .collect::<serde_json::Map<_, _>>(),
             "cwd": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
         });
         let mut r = common::text(200, info.to_string());

@@ -516,3 +516,92 @@ fn podman_instances_have_their_own_network_namespace() {
     let _ = Command::new("podman").args(["rmi", "-f", &tag]).output();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sidecars run as in a pod: in the serving container's network namespace (the serving
+/// container reaches the sidecar on its loopback), pulled and pinned like it; a sidecar that
+/// cannot run fails the revision with its exit, named.
+#[test]
+#[ignore = "needs podman: scripts/test.sh runs it (--run-ignored) where podman works"]
+fn podman_runs_sidecars_in_the_instance_network() {
+    assert!(podman_works(), "podman is not installed (or does not run)");
+    let pid = std::process::id();
+    let dir = std::env::temp_dir().join(format!("ebb-podman-side-{pid}"));
+    let info = format!("localhost/ebb-e2e/runtime-info-side:{pid}");
+    let hello = format!("localhost/ebb-e2e/hello-side:{pid}");
+    import_app_image(
+        Path::new(env!("CARGO_BIN_EXE_runtime-info")),
+        "runtime-info",
+        &info,
+        &dir.join("info"),
+    );
+    import_app_image(
+        Path::new(env!("CARGO_BIN_EXE_hello")),
+        "hello",
+        &hello,
+        &dir.join("hello"),
+    );
+    let ebb = Ebb::start_with(&["--runtime", "podman"]);
+    let svc = |name: &str, sidecar: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n      containers:\n        - image: {info}\n          ports: [{{containerPort: 8080}}]\n          env: [{{name: FETCH, value: \"127.0.0.1:9000\"}}]\n        - name: side\n          image: {hello}\n          env: [{{name: LISTEN_PORT, value: \"9000\"}}, {{name: TARGET, value: sidecar}}]\n{sidecar}"
+        )
+    };
+    ebb.apply(&svc("pod", ""));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A sidecar without a readiness probe counts as ready once started (as in a pod), which
+    // may be before it listens: asked again until it answers.
+    let mut body = String::new();
+    wait_until(
+        "the sidecar reached",
+        std::time::Duration::from_secs(20),
+        || {
+            let (code, b) =
+                rt.block_on(request(&http_client(), ebb.gateway, &ebb.host("pod"), "/"));
+            assert_eq!(code, 200, "{b}");
+            body = b;
+            !body.contains("\"error\"")
+        },
+    );
+    let info_json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        info_json["fetched"]["127.0.0.1:9000"],
+        format!("Hello sidecar! (pod-00001)\n"),
+        "the sidecar answers on the serving container's loopback: {body}"
+    );
+    let containers = ebb_containers(&ebb.state);
+    assert_eq!(containers.len(), 2, "the serving container and its sidecar");
+    let revision = ebb.get_json("revision", "pod-00001");
+    let status = &revision["status"];
+    let names: Vec<&str> = status["containerStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    // Knative names unnamed containers of a multi-container pod user-container-{i}.
+    assert_eq!(names, ["user-container-0", "side"], "{status}");
+
+    let out = ebb.cli_stdin(
+        &["apply", "-f", "-", "--wait-timeout", "30s"],
+        Some(&svc(
+            "broken",
+            "          command: [\"/no-such-program\"]\n",
+        )),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("\"side\"") && err.contains("ExitCode"),
+        "{err}"
+    );
+    let mut ebb = ebb;
+    ebb.stop();
+    assert!(
+        ebb_containers(&ebb.state).is_empty(),
+        "no container outlives ebb, sidecars and the containers they shared included"
+    );
+    for image in [&info, &hello] {
+        let _ = Command::new("podman").args(["rmi", "-f", image]).output();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

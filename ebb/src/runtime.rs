@@ -327,6 +327,37 @@ struct Mount {
     read_only: bool,
 }
 
+/// Another container of the pod (a sidecar), run with podman in the serving container's network
+/// namespace: started after it, stopped after it, its exit ends the instance.
+#[derive(Debug, Clone)]
+struct Sidecar {
+    name: String,
+    image: String,
+    command: Vec<String>,
+    args: Vec<String>,
+    env: Vec<(String, crate::resolve::EnvValue)>,
+    workdir: Option<String>,
+    mounts: Vec<Mount>,
+    podman_args: Vec<String>,
+    non_root_image: bool,
+    pull_policy: String,
+    pinned: Option<String>,
+}
+
+/// One container of an instance as `podman run` starts it.
+struct PodmanContainer<'a> {
+    /// `ebb-{instance}` for the serving container, `ebb-{instance}-{name}` for a sidecar.
+    name: String,
+    image: &'a str,
+    command: &'a [String],
+    args: &'a [String],
+    workdir: Option<&'a str>,
+    mounts: &'a [Mount],
+    podman_args: &'a [String],
+    /// The network: the instance's own (with published ports), or the serving container's.
+    network: String,
+}
+
 /// Everything needed to start an instance of a revision, derived once from the same
 /// Deployment the Kubernetes backend would create, so both run the same env and probe.
 #[derive(Debug)]
@@ -357,6 +388,8 @@ struct Launch {
     auth_file: Option<PathBuf>,
     /// The image pinned to its digest when the revision was created (from its status).
     pinned: Option<String>,
+    /// The pod's other containers (podman only).
+    sidecars: Vec<Sidecar>,
     /// The queue-proxy's variables, ports left to the OS.
     queue_env: HashMap<String, String>,
     /// The serving container's declared port: its `PORT` in its own network namespace (podman).
@@ -390,6 +423,80 @@ fn literal_env(c: &Container) -> (Vec<(String, String)>, Vec<String>) {
         }
     }
     (env, unsupported)
+}
+
+impl Sidecar {
+    /// The sidecar at `spec.containers[i]`: `c` as the Deployment has it, `written` as the user
+    /// wrote it. What local mode cannot honour for it fails the revision naming the field.
+    #[allow(clippy::too_many_arguments)] // one call site; the pieces are the pod's
+    fn of(
+        i: usize,
+        c: &Container,
+        written: &Container,
+        pod: &k8s_openapi::api::core::v1::PodSpec,
+        pod_facts: &crate::resolve::Pod<'_>,
+        lookup: &dyn crate::resolve::Lookup,
+        opts: &Options,
+        namespace: &str,
+        volumes_dir: &Path,
+        status: Option<&serving_api::revision::RevisionStatus>,
+    ) -> Result<Sidecar, ContainerFailure> {
+        let field = format!("spec.containers[{i}]");
+        let config = |message: String| ContainerFailure {
+            reason: "CreateContainerConfigError".into(),
+            message,
+        };
+        if opts.backend != Backend::Podman {
+            return Err(config(format!(
+                "{field} ({}): sidecars share the serving container's network namespace, which host processes do not have; run ebb with --runtime podman",
+                c.name
+            )));
+        }
+        // Knative runs sidecars' probes only with its multi-container-probing feature.
+        for (probe, set) in [
+            ("readinessProbe", written.readiness_probe.is_some()),
+            ("livenessProbe", written.liveness_probe.is_some()),
+            ("startupProbe", written.startup_probe.is_some()),
+        ] {
+            if set {
+                return Err(config(format!(
+                    "{field}.{probe} ({}): probes of sidecar containers are not run in local mode (Knative runs them only with multi-container-probing); probe the serving container",
+                    c.name
+                )));
+            }
+        }
+        crate::security::fits(c, &field).map_err(|message| ContainerFailure {
+            reason: "Unschedulable".into(),
+            message,
+        })?;
+        let env = crate::resolve::env(c, pod_facts, lookup, &field)?;
+        let (mounts, mount_error) = mounts(c, pod, opts, lookup, namespace, volumes_dir, &field);
+        if let Some(f) = mount_error {
+            return Err(f);
+        }
+        let security = crate::security::effective(pod, c, &field);
+        let podman_args = crate::security::podman_args(&security, c, &field).map_err(config)?;
+        let image = image_of(c);
+        Ok(Sidecar {
+            name: c.name.clone(),
+            pull_policy: c
+                .image_pull_policy
+                .clone()
+                .unwrap_or_else(|| default_pull_policy(&image)),
+            pinned: status
+                .and_then(|s| s.container_statuses.iter().find(|x| x.name == c.name))
+                .map(|x| x.image_digest.clone())
+                .filter(|d| !d.is_empty()),
+            image,
+            command: c.command.clone().unwrap_or_default(),
+            args: c.args.clone().unwrap_or_default(),
+            env,
+            workdir: c.working_dir.clone(),
+            mounts,
+            podman_args,
+            non_root_image: security.run_as_non_root && security.run_as_user.is_none(),
+        })
+    }
 }
 
 impl Launch {
@@ -460,17 +567,53 @@ impl Launch {
             reason: "CreateContainerConfigError".into(),
             message,
         };
-        if let Some((i, sidecar)) = rev
-            .spec
-            .pod
-            .containers
-            .iter()
-            .enumerate()
-            .find(|(i, _)| *i != serving)
-        {
+        let mut sidecars = Vec::new();
+        for (i, c) in rev.spec.pod.containers.iter().enumerate() {
+            if i == serving {
+                continue;
+            }
+            match Sidecar::of(
+                i,
+                pod.containers
+                    .iter()
+                    .find(|d| d.name == c.name)
+                    .unwrap_or(c),
+                c,
+                &pod,
+                &pod_facts,
+                lookup,
+                opts,
+                &namespace,
+                &volumes_dir,
+                rev.status.as_ref(),
+            ) {
+                Ok(sidecar) => sidecars.push(sidecar),
+                Err(f) => {
+                    config_error.get_or_insert(f);
+                }
+            }
+        }
+        // A tmpfs emptyDir (medium Memory, or a sizeLimit) is mounted per container: shared
+        // by two containers, each would see its own.
+        let tmpfs = |m: &Mount| match &m.source {
+            MountSource::Empty {
+                volume,
+                memory,
+                size,
+            } if *memory || size.is_some() => Some(volume.clone()),
+            _ => None,
+        };
+        let mut tmpfs_users: BTreeMap<String, usize> = BTreeMap::new();
+        for volume in mounts.iter().filter_map(tmpfs).chain(
+            sidecars
+                .iter()
+                .flat_map(|s| s.mounts.iter().filter_map(tmpfs)),
+        ) {
+            *tmpfs_users.entry(volume).or_default() += 1;
+        }
+        if let Some((volume, _)) = tmpfs_users.iter().find(|(_, n)| **n > 1) {
             config_error.get_or_insert(config(format!(
-                "spec.containers[{i}] ({}): sidecars are not run in local mode yet (each instance would need a pod of its own); run the service on a cluster",
-                sidecar.name
+                "spec.volumes ({volume}): an emptyDir with medium Memory or a sizeLimit is a tmpfs per container locally, so containers cannot share it; drop medium and sizeLimit to share a directory"
             )));
         }
         if let Err(e) = crate::security::fits(user, &field) {
@@ -654,6 +797,7 @@ impl Launch {
             pull_policy,
             auth_file,
             pinned,
+            sidecars,
             queue_env,
             declared_port: u16::try_from(declared_port).unwrap_or(8080),
             probe_ports,
@@ -731,11 +875,14 @@ async fn supervise(
     let mut published: Option<(Vec<SocketAddr>, Vec<ScrapeTarget>)> = None;
     // The image instances run: the process runtime's program, or podman's image pinned to its
     // digest once pulled.
-    let mut image: Option<String> = match launch.backend {
-        Backend::Process => Some(launch.image.clone()),
+    // The images instances run, the serving container's first: the process runtime's program,
+    // or podman's images pinned to their digests once pulled.
+    let mut images: Option<Vec<String>> = match launch.backend {
+        Backend::Process => Some(vec![launch.image.clone()]),
         Backend::Podman => None,
     };
-    let mut pulling: Option<tokio::task::JoinHandle<Result<String, (String, String)>>> = None;
+    type Pulled = Result<Vec<String>, (String, String)>;
+    let mut pulling: Option<tokio::task::JoinHandle<Pulled>> = None;
     let mut pull_failures: u32 = 0;
     let mut digests: Vec<serving_api::revision::ContainerStatus> = Vec::new();
     loop {
@@ -749,20 +896,30 @@ async fn supervise(
         let backed_off = backoff_until.is_none_or(|t| tokio::time::Instant::now() >= t);
         // The image is resolved (pulled per its policy, pinned to its digest) once, when the
         // revision first runs, whatever its scale — as Knative resolves digests at creation.
-        if image.is_none() && pulling.is_none() && launch.config_error.is_none() && backed_off {
-            let (reference, policy, auth) = (
+        if images.is_none() && pulling.is_none() && launch.config_error.is_none() && backed_off {
+            let wanted: Vec<(String, String)> = std::iter::once((
                 launch
                     .pinned
                     .clone()
                     .unwrap_or_else(|| launch.image.clone()),
                 launch.pull_policy.clone(),
-                launch.auth_file.clone(),
-            );
+            ))
+            .chain(launch.sidecars.iter().map(|s| {
+                (
+                    s.pinned.clone().unwrap_or_else(|| s.image.clone()),
+                    s.pull_policy.clone(),
+                )
+            }))
+            .collect();
+            let auth = launch.auth_file.clone();
             pulling = Some(tokio::task::spawn_blocking(move || {
-                pull_and_pin(&reference, &policy, auth.as_deref())
+                wanted
+                    .iter()
+                    .map(|(reference, policy)| pull_and_pin(reference, policy, auth.as_deref()))
+                    .collect()
             }));
         }
-        let may_start = launch.config_error.is_none() && image.is_some() && backed_off;
+        let may_start = launch.config_error.is_none() && images.is_some() && backed_off;
         if live < want && may_start {
             for _ in live..want {
                 let id = instance_id(&launch.revision);
@@ -780,7 +937,7 @@ async fn supervise(
                 tokio::spawn(run_instance(
                     launch.clone(),
                     id,
-                    image.clone().unwrap_or_default(),
+                    images.clone().unwrap_or_default(),
                     tx.clone(),
                     stop_rx,
                 ));
@@ -883,14 +1040,18 @@ async fn supervise(
             done = pulled => {
                 pulling = None;
                 match done {
-                    Ok(Ok(reference)) => {
+                    Ok(Ok(references)) => {
                         if launch.backend == Backend::Podman {
-                            digests = vec![serving_api::revision::ContainerStatus {
-                                name: launch.container.clone(),
-                                image_digest: reference.clone(),
-                            }];
+                            digests = std::iter::once(&launch.container)
+                                .chain(launch.sidecars.iter().map(|s| &s.name))
+                                .zip(&references)
+                                .map(|(name, reference)| serving_api::revision::ContainerStatus {
+                                    name: name.clone(),
+                                    image_digest: reference.clone(),
+                                })
+                                .collect();
                         }
-                        image = Some(reference);
+                        images = Some(references);
                         pull_failures = 0;
                         if failure.as_ref().is_some_and(|f| f.reason.contains("Image")) {
                             failure = None;
@@ -1083,20 +1244,20 @@ pub fn podman_global_args() -> Vec<String> {
     }
 }
 
-/// Podman's flags that work on these machines (runc, cgroupfs, explicit ulimits), then the
-/// container on the host network so it listens on the loopback port it is given.
+/// Podman's flags that work on these machines (runc, cgroupfs, explicit ulimits), then one
+/// container of the instance: the serving one in a network namespace of its own (podman's
+/// default network, as a pod has; the ports the queue-proxy and the probes reach published on
+/// loopback only), a sidecar in the serving container's.
 fn podman_command(
     launch: &Launch,
     id: &str,
-    image: &str,
+    c: &PodmanContainer<'_>,
     env: &BTreeMap<String, String>,
     ports: &[(u16, u16)],
 ) -> Result<tokio::process::Command, String> {
     let mut cmd = tokio::process::Command::new("podman");
     cmd.args(podman_global_args());
-    // Its own network namespace on podman's default network, as a pod has; the ports the
-    // queue-proxy and the probes reach are published on loopback only.
-    cmd.args(["run", "--rm", "--replace", "--network", &podman_network()?]);
+    cmd.args(["run", "--rm", "--replace", "--network", &c.network]);
     for (inside, host) in ports {
         cmd.arg("--publish")
             .arg(format!("127.0.0.1:{host}:{inside}"));
@@ -1115,15 +1276,15 @@ fn podman_command(
     // Which state directory's ebb owns it: reaping takes only its own.
     cmd.arg(state_label(launch.pids.parent().unwrap_or(&launch.pids)));
     cmd.arg("--name");
-    cmd.arg(format!("ebb-{id}"));
+    cmd.arg(&c.name);
     for (k, v) in env {
         cmd.arg("-e").arg(format!("{k}={v}"));
     }
-    if let Some(dir) = &launch.workdir {
+    if let Some(dir) = c.workdir {
         cmd.arg("--workdir").arg(dir);
     }
-    cmd.args(&launch.podman_args);
-    for m in &launch.mounts {
+    cmd.args(c.podman_args);
+    for m in c.mounts {
         let host = |base: PathBuf| match &m.sub_path {
             Some(sub) => base.join(sub),
             None => base,
@@ -1162,13 +1323,13 @@ fn podman_command(
             }
         }
     }
-    if !launch.command.is_empty() {
+    if !c.command.is_empty() {
         // The JSON form keeps every element of `command` as one argument.
         cmd.arg("--entrypoint")
-            .arg(serde_json::Value::from(launch.command.clone()).to_string());
+            .arg(serde_json::Value::from(c.command.to_vec()).to_string());
     }
-    cmd.arg(image);
-    cmd.args(&launch.args);
+    cmd.arg(c.image);
+    cmd.args(c.args);
     Ok(cmd)
 }
 
@@ -1411,22 +1572,23 @@ fn pull_auth(
 async fn run_instance(
     launch: Arc<Launch>,
     id: String,
-    image: String,
+    images: Vec<String>,
     events: mpsc::UnboundedSender<Event>,
     stop: oneshot::Receiver<()>,
 ) {
-    run_container(&launch, &id, &image, events, stop).await;
+    run_container(&launch, &id, &images, events, stop).await;
     remove_instance_volumes(&launch, &id);
 }
 
 async fn run_container(
     launch: &Arc<Launch>,
     id: &str,
-    image: &str,
+    images: &[String],
     events: mpsc::UnboundedSender<Event>,
     stop: oneshot::Receiver<()>,
 ) {
     let (launch, id) = (launch.clone(), id.to_string());
+    let image = images.first().map(String::as_str).unwrap_or_default();
     let failure = |reason: &str, message: String| Event::Exited {
         id: id.clone(),
         failure: Some(ContainerFailure {
@@ -1497,9 +1659,12 @@ async fn run_container(
             cmd
         }
         Backend::Podman => {
-            // The pinned image was removed since (a prune): pulled again by its digest.
-            if !podman_image_present(image) {
-                let (reference, auth) = (image.to_string(), launch.auth_file.clone());
+            // A pinned image removed since (a prune) is pulled again by its digest.
+            for image in images {
+                if podman_image_present(image) {
+                    continue;
+                }
+                let (reference, auth) = (image.clone(), launch.auth_file.clone());
                 let pulled = tokio::task::spawn_blocking(move || {
                     pull_and_pin(&reference, "IfNotPresent", auth.as_deref())
                 })
@@ -1511,16 +1676,42 @@ async fn run_container(
                     return;
                 }
             }
-            if launch.non_root_image && image_runs_as_root(image) {
+            let non_root = std::iter::once((&launch.container, launch.non_root_image, image))
+                .chain(
+                    launch
+                        .sidecars
+                        .iter()
+                        .zip(images.iter().skip(1))
+                        .map(|(s, i)| (&s.name, s.non_root_image, i.as_str())),
+                )
+                .find(|(_, non_root, image)| *non_root && image_runs_as_root(image));
+            if let Some((name, _, _)) = non_root {
                 let _ = events.send(failure(
                     "CreateContainerConfigError",
-                    "container has runAsNonRoot and image will run as root (set runAsUser, or an image with a non-root USER)".into(),
+                    format!("container {name:?} has runAsNonRoot and image will run as root (set runAsUser, or an image with a non-root USER)"),
                 ));
                 return;
             }
+            let network = match podman_network() {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = events.send(failure("CreateContainerError", e));
+                    return;
+                }
+            };
+            let serving = PodmanContainer {
+                name: format!("ebb-{id}"),
+                image,
+                command: &launch.command,
+                args: &launch.args,
+                workdir: launch.workdir.as_deref(),
+                mounts: &launch.mounts,
+                podman_args: &launch.podman_args,
+                network,
+            };
             let mut ports = vec![(launch.declared_port, port)];
             ports.extend(published.iter().copied());
-            match podman_command(&launch, &id, image, &env, &ports) {
+            match podman_command(&launch, &id, &serving, &env, &ports) {
                 Ok(cmd) => cmd,
                 Err(e) => {
                     let _ = events.send(failure("CreateContainerError", e));
@@ -1602,6 +1793,41 @@ async fn run_container(
         ));
         return;
     };
+    // Sidecars, in the serving container's network namespace once it has one. One that exits
+    // ends the instance, as its failure.
+    let (sidecar_exit_tx, mut sidecar_exit_rx) = mpsc::unbounded_channel::<ContainerFailure>();
+    let sidecars = start_sidecars(&launch, &id, images, &mut child, sidecar_exit_tx).await;
+    let sidecars = match sidecars {
+        Ok(s) => s,
+        Err(f) => {
+            let _ = qp_stop.send(());
+            qp.abort();
+            terminate(&mut child, pid, Duration::ZERO).await;
+            remove_pod_containers(&launch, &id).await;
+            let _ = std::fs::remove_file(&pidfile);
+            let _ = events.send(Event::Exited {
+                id,
+                failure: Some(f),
+            });
+            return;
+        }
+    };
+    let sidecar_failed: Arc<Mutex<Option<ContainerFailure>>> = Arc::default();
+    let (stop_all_tx, stop_all) = oneshot::channel::<()>();
+    {
+        let failed = sidecar_failed.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop => {}
+                Some(f) = sidecar_exit_rx.recv() => {
+                    if let Ok(mut slot) = failed.lock() {
+                        *slot = Some(f);
+                    }
+                }
+            }
+            let _ = stop_all_tx.send(());
+        });
+    }
     let _ = events.send(Event::Started {
         id: id.clone(),
         serving: bound.serving,
@@ -1624,31 +1850,65 @@ async fn run_container(
             },
         },
     };
-    let exit = probe_loop(&launch, &id, &events, &mut child, &bound, &target, stop).await;
+    let exit = probe_loop(&launch, &id, &events, &mut child, &bound, &target, stop_all).await;
+    let sidecar_failure = sidecar_failed.lock().ok().and_then(|mut f| f.take());
+    let exit = match (exit, sidecar_failure) {
+        (Exit::Stopped, Some(f)) => Exit::Sidecar(f),
+        (exit, _) => exit,
+    };
+    let failure = run_exit(
+        &launch, &id, exit, child, pid, &pidfile, &log_path, qp_stop, qp,
+    )
+    .await;
+    if !launch.sidecars.is_empty() {
+        sidecars.stop(launch.grace).await;
+        remove_pod_containers(&launch, &id).await;
+    }
+    let _ = events.send(Event::Exited { id, failure });
+}
+
+/// How an instance ends, by how its life ended: the queue-proxy stopped, the container
+/// stopped or killed; the failure to tell the supervisor, if any.
+#[allow(clippy::too_many_arguments)] // the instance's parts, handed over as it ends
+async fn run_exit(
+    launch: &Launch,
+    id: &str,
+    exit: Exit,
+    mut child: tokio::process::Child,
+    pid: Option<u32>,
+    pidfile: &Path,
+    log_path: &Path,
+    qp_stop: oneshot::Sender<()>,
+    qp: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> Option<ContainerFailure> {
     match exit {
+        Exit::Sidecar(f) => {
+            let _ = qp_stop.send(());
+            qp.abort();
+            terminate(&mut child, pid, launch.grace).await;
+            let _ = std::fs::remove_file(pidfile);
+            Some(f)
+        }
         Exit::Unhealthy(why) => {
             // As the kubelet restarts a container whose liveness (or startup) probe fails.
             let _ = qp_stop.send(());
             qp.abort();
             terminate(&mut child, pid, launch.grace).await;
-            let _ = std::fs::remove_file(&pidfile);
-            let _ = events.send(Event::Exited {
-                id,
-                failure: Some(ContainerFailure {
-                    reason: "CrashLoopBackOff".into(),
-                    message: format!("{why}; the container is restarted with back-off"),
-                }),
-            });
+            let _ = std::fs::remove_file(pidfile);
+            Some(ContainerFailure {
+                reason: "CrashLoopBackOff".into(),
+                message: format!("{why}; the container is restarted with back-off"),
+            })
         }
         Exit::Exited(status) => {
             // The container ended by itself: stop serving at once.
             let _ = qp_stop.send(());
             qp.abort();
             signal_group(pid.unwrap_or(0), nix::sys::signal::Signal::SIGKILL);
-            let _ = std::fs::remove_file(&pidfile);
+            let _ = std::fs::remove_file(pidfile);
             let code = status.as_ref().ok().and_then(|s| s.code());
-            let tail = log_tail(&log_path);
-            let failure = ContainerFailure {
+            let tail = log_tail(log_path);
+            Some(ContainerFailure {
                 reason: match code {
                     Some(c) => format!("ExitCode{c}"),
                     None => "Error".into(),
@@ -1658,11 +1918,7 @@ async fn run_container(
                 } else {
                     format!("Container failed with: {tail}")
                 },
-            };
-            let _ = events.send(Event::Exited {
-                id,
-                failure: Some(failure),
-            });
+            })
         }
         Exit::Stopped => {
             // Scale-down or shutdown: the gateway has already forgotten this instance; the
@@ -1673,9 +1929,209 @@ async fn run_container(
                 tracing::warn!(instance = %id, "queue-proxy did not drain in time");
             }
             terminate(&mut child, pid, launch.grace).await;
-            let _ = std::fs::remove_file(&pidfile);
-            let _ = events.send(Event::Exited { id, failure: None });
+            let _ = std::fs::remove_file(pidfile);
+            None
         }
+    }
+}
+
+/// An instance's sidecars, running: each watched by a task that reports its exit, or stops it
+/// when told to.
+struct RunningSidecars {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningSidecars {
+    /// SIGTERM to each (after the serving container, so a proxy sidecar outlives its drain),
+    /// SIGKILL after `grace`.
+    async fn stop(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(grace + Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+/// Start the pod's sidecars in the serving container's network namespace, once it is running
+/// (its `podman run` exiting first is left to the caller's watch). An exit is reported on
+/// `exited` as the container's failure.
+async fn start_sidecars(
+    launch: &Arc<Launch>,
+    id: &str,
+    images: &[String],
+    serving: &mut tokio::process::Child,
+    exited: mpsc::UnboundedSender<ContainerFailure>,
+) -> Result<RunningSidecars, ContainerFailure> {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut running = RunningSidecars {
+        stop,
+        tasks: Vec::new(),
+    };
+    if launch.sidecars.is_empty() {
+        return Ok(running);
+    }
+    let owner = format!("ebb-{id}");
+    match podman_running(&owner, serving).await {
+        Started::Yes => {}
+        // Its exit is the caller's to report.
+        Started::Exited(_) => return Ok(running),
+        Started::TimedOut => {
+            return Err(ContainerFailure {
+                reason: "RunContainerError".into(),
+                message: format!(
+                    "container {owner} did not start within 60s; its sidecars cannot join it"
+                ),
+            });
+        }
+    }
+    for (sidecar, image) in launch.sidecars.iter().zip(images.iter().skip(1)) {
+        let env: BTreeMap<String, String> = sidecar
+            .env
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    crate::resolve::EnvValue::Literal(v) => v.clone(),
+                    crate::resolve::EnvValue::PodName => id.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        let c = PodmanContainer {
+            name: format!("ebb-{id}-{}", sidecar.name),
+            image,
+            command: &sidecar.command,
+            args: &sidecar.args,
+            workdir: sidecar.workdir.as_deref(),
+            mounts: &sidecar.mounts,
+            podman_args: &sidecar.podman_args,
+            network: format!("container:{owner}"),
+        };
+        let fail = |reason: &str, message: String| ContainerFailure {
+            reason: reason.into(),
+            message,
+        };
+        let mut cmd = podman_command(launch, id, &c, &env, &[])
+            .map_err(|e| fail("CreateContainerError", e))?;
+        let log_path = launch.logs.join(format!("{id}-{}.log", sidecar.name));
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .and_then(|f| Ok((f.try_clone()?, f)))
+            .map_err(|e| fail("RunContainerError", format!("{}: {e}", log_path.display())))?;
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(log.0)
+            .stderr(log.1)
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| {
+            fail(
+                "RunContainerError",
+                format!("cannot start sidecar {:?}: {e}", sidecar.name),
+            )
+        })?;
+        // Running before the instance counts (a pod is not ready while a container is not).
+        let name = sidecar.name.clone();
+        let exit_failure = move |status: Option<std::process::ExitStatus>| {
+            let tail = log_tail(&log_path);
+            ContainerFailure {
+                reason: status
+                    .and_then(|s| s.code())
+                    .map_or_else(|| "Error".into(), |c| format!("ExitCode{c}")),
+                message: if tail.is_empty() {
+                    format!("Container {name:?} failed with no output.")
+                } else {
+                    format!("Container {name:?} failed with: {tail}")
+                },
+            }
+        };
+        match podman_running(&c.name, &mut child).await {
+            Started::Yes => {}
+            Started::Exited(status) => {
+                let _ = running.stop.send(true);
+                return Err(exit_failure(status));
+            }
+            Started::TimedOut => {
+                let pid = child.id();
+                terminate(&mut child, pid, Duration::ZERO).await;
+                let _ = running.stop.send(true);
+                return Err(fail(
+                    "RunContainerError",
+                    format!("sidecar {:?} did not start within 60s", sidecar.name),
+                ));
+            }
+        }
+        let (grace, exited) = (launch.grace, exited.clone());
+        let mut stop_rx = stop_rx.clone();
+        running.tasks.push(tokio::spawn(async move {
+            let pid = child.id();
+            tokio::select! {
+                status = child.wait() => {
+                    let _ = exited.send(exit_failure(status.ok()));
+                }
+                () = async { let _ = stop_rx.wait_for(|s| *s).await; } => {
+                    terminate(&mut child, pid, grace).await;
+                }
+            }
+        }));
+    }
+    Ok(running)
+}
+
+/// Remove an instance's containers when it has sidecars: `--rm` cannot remove the serving
+/// container while others share its network namespace, and a sidecar that failed to start may
+/// be left for podman's cleanup.
+async fn remove_pod_containers(launch: &Launch, id: &str) {
+    let _ = tokio::process::Command::new("podman")
+        .args(podman_global_args())
+        .args(["rm", "--force", "--ignore"])
+        .args(
+            launch
+                .sidecars
+                .iter()
+                .map(|s| format!("ebb-{id}-{}", s.name))
+                .chain([format!("ebb-{id}")]),
+        )
+        .output()
+        .await;
+}
+
+/// Whether a container `podman run` started is running.
+enum Started {
+    Yes,
+    /// Its `podman run` ended first.
+    Exited(Option<std::process::ExitStatus>),
+    TimedOut,
+}
+
+/// Wait (up to 60 s) until the container `name` runs, or its `podman run` ends.
+async fn podman_running(name: &str, child: &mut tokio::process::Child) -> Started {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Started::Exited(Some(status)),
+            Err(_) => return Started::Exited(None),
+            Ok(None) => {}
+        }
+        let out = tokio::process::Command::new("podman")
+            .args(podman_global_args())
+            .args([
+                "container",
+                "inspect",
+                "--format",
+                "{{.State.Running}}",
+                name,
+            ])
+            .output()
+            .await;
+        if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "true") {
+            return Started::Yes;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Started::TimedOut;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -1692,6 +2148,8 @@ enum Exit {
     Stopped,
     /// Its liveness or startup probe failed past its threshold.
     Unhealthy(String),
+    /// A sidecar exited: the instance fails with it.
+    Sidecar(ContainerFailure),
 }
 
 /// A probe's next run.
