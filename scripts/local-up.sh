@@ -22,7 +22,13 @@ export PATH="$PWD/target/release:$PATH"
 STATE="${EBB_STATE:-${XDG_DATA_HOME:-$HOME/.local/share}/ebb}"
 export EBB_STATE="$STATE"
 
-ebb local up "$@" &
+# The hello example runs as a host program: the process runtime, unless asked otherwise
+# (ebb's own default, auto, picks podman where it works).
+runtime=(--runtime process)
+for a in "$@"; do
+  if [[ "$a" == --runtime* ]]; then runtime=(); fi
+done
+ebb local up "${runtime[@]}" "$@" &
 EBB_PID=$!
 trap 'kill -TERM "$EBB_PID" 2>/dev/null || true; wait "$EBB_PID" 2>/dev/null || true' EXIT INT TERM
 

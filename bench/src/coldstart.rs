@@ -97,7 +97,15 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         Command::new(&ebb)
             .arg("--state")
             .arg(&state)
-            .args(["local", "up", "--listen", "127.0.0.1:0", "--config"])
+            .args([
+                "local",
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--runtime",
+                "process",
+            ])
+            .arg("--config")
             .arg(&config)
             .env("PATH", &path)
             .stdout(Stdio::null())

@@ -91,7 +91,14 @@ fn damage_is_reported_and_never_silently_loses_data() {
     let out = Command::new(ebb_bin())
         .arg("--state")
         .arg(&ebb.state)
-        .args(["local", "up", "--listen", "127.0.0.1:0"])
+        .args([
+            "local",
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime",
+            "process",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

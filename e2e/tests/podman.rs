@@ -605,3 +605,13 @@ fn podman_runs_sidecars_in_the_instance_network() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--runtime auto`, the default, picks podman where it works.
+#[test]
+#[ignore = "needs podman: scripts/test.sh runs it (--run-ignored) where podman works"]
+fn auto_runtime_picks_podman_where_it_works() {
+    assert!(podman_works(), "podman is not installed (or does not run)");
+    let ebb = Ebb::start_with(&["--runtime", "auto"]);
+    let status = ebb.ok(&["local", "status"]);
+    assert!(status.contains("runtime:  podman"), "{status}");
+}

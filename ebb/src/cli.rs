@@ -93,8 +93,9 @@ pub enum LocalCmd {
         /// Where the CLI's API listens (port 0: any free port; the CLI finds it).
         #[arg(long, default_value = "127.0.0.1:0")]
         api: SocketAddr,
-        /// How containers run: host processes, podman, or auto (podman when installed).
-        #[arg(long, value_enum, default_value = "process")]
+        /// How containers run: host processes, podman, or auto (podman where it works here,
+        /// else host processes).
+        #[arg(long, value_enum, default_value = "auto")]
         runtime: RuntimeChoice,
         /// Knative config maps (YAML, e.g. config-autoscaler) to use instead of the defaults.
         #[arg(long)]
@@ -269,11 +270,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .map_err(|e| anyhow::anyhow!("--config {}:\n{e}", path.display()))?,
                 None => Settings::default(),
             };
+            // Works, not only installed: `podman info` checks its runtime and storage.
             let podman = || {
                 std::process::Command::new("podman")
-                    .arg("--version")
-                    .output()
-                    .is_ok_and(|o| o.status.success())
+                    .args(crate::runtime::podman_global_args())
+                    .args(["info", "--format", "{{.Host.OCIRuntime.Name}}"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
             };
             let backend = match runtime {
                 RuntimeChoice::Process => Backend::Process,

@@ -92,7 +92,16 @@ fn one_state_directory_serves_one_ebb() {
     let state = temp_state();
     let s = state.to_str().unwrap().to_string();
     let mut first = Command::new(env!("CARGO_BIN_EXE_ebb"))
-        .args(["--state", &s, "local", "up", "--listen", "127.0.0.1:0"])
+        .args([
+            "--state",
+            &s,
+            "local",
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime",
+            "process",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

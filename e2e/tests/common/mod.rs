@@ -110,6 +110,13 @@ impl Ebb {
             .arg("--config")
             .arg(config_file())
             .args(&self.extra)
+            // The example apps run as host programs unless a test asks for podman (`auto`, the
+            // default, would pick podman where it works).
+            .args(if self.extra.iter().any(|a| a == "--runtime") {
+                &[][..]
+            } else {
+                &["--runtime", "process"][..]
+            })
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PATH", path_env())
             .env("EBB_LOG", "info")
