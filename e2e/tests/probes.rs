@@ -56,6 +56,12 @@ fn exec_readiness_gates_traffic() {
         Duration::from_secs(15),
         || ebb.ready_instances("gated-00001") == 1,
     );
+    // The route follows the revision's readiness by a control-plane pass.
+    wait_until(
+        "the Service Ready (its route programmed)",
+        Duration::from_secs(15),
+        || condition(&ebb.get_json("ksvc", "gated"), "Ready")["status"] == "True",
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (status, body) = rt.block_on(request(
         &http_client(),

@@ -790,6 +790,30 @@ async fn wait_ready(
                     }
                 }
             }
+            // The revision being made says what it waits for (an image pull, a start).
+            if status == "Unknown"
+                && let Some(rev) = svc["status"]["latestCreatedRevisionName"].as_str()
+                && let Ok(r) = client.get("Revision", ns, rev).await
+            {
+                for c in r["status"]["conditions"].as_array().into_iter().flatten() {
+                    let msg = c["message"].as_str().unwrap_or_default();
+                    if c["status"] == json!("Unknown") && !msg.is_empty() {
+                        let line = format!(
+                            "Revision '{rev}' {}: {} {msg}",
+                            s(&c["type"]),
+                            s(&c["reason"])
+                        );
+                        if seen.insert(line.clone()) {
+                            let _ = writeln!(
+                                err,
+                                "  {:>5.1}s  {}",
+                                started.elapsed().as_secs_f64(),
+                                line.trim_end()
+                            );
+                        }
+                    }
+                }
+            }
             if status == "True" {
                 let url = svc["status"]["url"].as_str().unwrap_or_default();
                 println!(
