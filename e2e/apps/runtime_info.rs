@@ -1,7 +1,9 @@
 //! Shows what the runtime gave the app: environment, request line and headers, the user it
 //! runs as, and the files named in `$SHOW_FILES` (colon-separated paths: a file's content, a
 //! directory's entries, or null when missing), and what a plain `GET /` answers at each
-//! `host:port` in `$FETCH` (comma-separated: what the app's network namespace reaches), as JSON.
+//! `host:port` in `$FETCH` (comma-separated: what the app's network namespace reaches), and the
+//! runtime contract's facts (the `/dev` entries, `/tmp`'s mode and writability, whether
+//! `/proc/sys` is mounted read-only, what stdin gave at start), as JSON.
 
 mod common;
 
@@ -62,7 +64,51 @@ fn fetch(addr: &str) -> serde_json::Value {
     )
 }
 
+/// What reading stdin gave when the app started: "eof", "data" or the error.
+static STDIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Knative's runtime contract, as this container sees it.
+fn contract() -> serde_json::Value {
+    use std::os::unix::fs::PermissionsExt;
+    let dev: Vec<&str> = [
+        "fd", "full", "null", "ptmx", "random", "stdin", "stdout", "stderr", "tty", "urandom",
+        "zero", "console",
+    ]
+    .into_iter()
+    .filter(|d| std::fs::symlink_metadata(format!("/dev/{d}")).is_ok())
+    .collect();
+    let tmp_mode = std::fs::metadata("/tmp")
+        .map(|m| format!("{:o}", m.permissions().mode() & 0o7777))
+        .unwrap_or_default();
+    let probe = format!("/tmp/runtime-info-{}", std::process::id());
+    let tmp_writable = std::fs::write(&probe, b"x").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    let proc_sys_read_only = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.get(1) == Some(&"/proc/sys"))
+        .any(|f| f.get(3).is_some_and(|o| o.split(',').any(|o| o == "ro")));
+    serde_json::json!({
+        "dev": dev,
+        "tmp_mode": tmp_mode,
+        "tmp_writable": tmp_writable,
+        "proc_sys_read_only": proc_sys_read_only,
+        "stdin": STDIN.get().cloned().unwrap_or_else(|| "pending".into()),
+    })
+}
+
 fn main() {
+    // stdin once, off the serving path (a platform that left it open would block the read).
+    std::thread::spawn(|| {
+        use std::io::Read;
+        let mut b = [0u8; 1];
+        let _ = STDIN.set(match std::io::stdin().read(&mut b) {
+            Ok(0) => "eof".into(),
+            Ok(_) => "data".into(),
+            Err(e) => e.to_string(),
+        });
+    });
     common::serve("runtime-info", |req| async move {
         let env: serde_json::Map<String, serde_json::Value> =
             std::env::vars().map(|(k, v)| (k, v.into())).collect();
@@ -83,6 +129,7 @@ fn main() {
             "uid": status_field("Uid:"),
             "gid": status_field("Gid:"),
             "files": files(),
+            "contract": contract(),
             "fetched": std::env::var("FETCH")
                 .unwrap_or_default()
                 .split(',')

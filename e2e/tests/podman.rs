@@ -34,6 +34,12 @@ fn import_app_image_with(hello: &Path, name: &str, tag: &str, dir: &Path, change
     std::fs::create_dir_all(&rootfs).unwrap();
     std::fs::copy(hello, rootfs.join(name)).unwrap();
     std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
+    // As base images have it: world-writable and sticky (the runtime contract's /tmp).
+    std::fs::set_permissions(
+        rootfs.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
     let ldd = Command::new("ldd").arg(hello).output().unwrap();
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         let path = line
@@ -472,7 +478,8 @@ fn podman_pulls_from_a_registry_and_pins_digests() {
 /// Each podman instance has a network namespace of its own, as a pod has: the app listens on
 /// its declared containerPort (Knative's `PORT`), so two instances of one revision both listen
 /// on it without colliding, and a liveness probe on that port reaches it through its published
-/// loopback port; the runtime contract's files are there.
+/// loopback port; the runtime contract holds (its /dev entries, /tmp, resolv.conf, read-only
+/// /proc/sys, stdin at EOF).
 #[test]
 #[ignore = "needs podman: scripts/test.sh runs it (--run-ignored) where podman works"]
 fn podman_instances_have_their_own_network_namespace() {
@@ -506,6 +513,21 @@ fn podman_instances_have_their_own_network_namespace() {
     for file in ["/etc/resolv.conf", "/etc/hosts", "/dev/null"] {
         assert!(info["files"][file].is_string(), "{file} present: {body}");
     }
+    // Knative's runtime contract (TestMustHaveFiles, TestShouldHaveStdinEOF,
+    // TestShouldHaveSysctlReadOnly).
+    let contract = &info["contract"];
+    assert_eq!(
+        contract["dev"],
+        serde_json::json!([
+            "fd", "full", "null", "ptmx", "random", "stdin", "stdout", "stderr", "tty", "urandom",
+            "zero"
+        ]),
+        "every /dev entry, no /dev/console: {contract}"
+    );
+    assert_eq!(contract["tmp_mode"], "1777", "{contract}");
+    assert_eq!(contract["tmp_writable"], true, "{contract}");
+    assert_eq!(contract["proc_sys_read_only"], true, "{contract}");
+    assert_eq!(contract["stdin"], "eof", "{contract}");
     // Liveness keeps passing through the published port: no restart after a few periods.
     std::thread::sleep(std::time::Duration::from_secs(3));
     let revision = ebb.get_json("revision", "net-00001");
