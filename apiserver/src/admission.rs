@@ -153,12 +153,26 @@ impl Admission {
                 let mut s: Service = typed(obj)?;
                 serving_api::defaults::default_service(&mut s, &self.defaults);
                 serving_api::validation::validate_service(&s, cfg).map_err(knative_errors)?;
+                if let Some(old) = old.and_then(|o| typed::<Service>(o.clone()).ok()) {
+                    serving_api::validation::validate_template_update(
+                        &old.spec.configuration.template,
+                        &s.spec.configuration.template,
+                    )
+                    .map_err(knative_errors)?;
+                }
                 untyped(&s)?
             }
             "Configuration" => {
                 let mut c: Configuration = typed(obj)?;
                 serving_api::defaults::default_configuration(&mut c, &self.defaults);
                 serving_api::validation::validate_configuration(&c, cfg).map_err(knative_errors)?;
+                if let Some(old) = old.and_then(|o| typed::<Configuration>(o.clone()).ok()) {
+                    serving_api::validation::validate_template_update(
+                        &old.spec.template,
+                        &c.spec.template,
+                    )
+                    .map_err(knative_errors)?;
+                }
                 untyped(&c)?
             }
             "Route" => {
@@ -422,6 +436,40 @@ mod tests {
             causes.iter().any(|c| c.field == "spec.traffic[0].percent"),
             "{causes:?}"
         );
+    }
+
+    #[test]
+    fn a_chosen_revision_name_keeps_its_template() {
+        let c = Catalog::new();
+        let r = c
+            .by_kind("serving.knative.dev/v1", "Service")
+            .cloned()
+            .unwrap_or_else(|| panic!("served"));
+        let a = Admission::default();
+        let svc = json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "byo", "namespace": "default"},
+            "spec": {"template": {"metadata": {"name": "byo-one"}, "spec": {"containers": [{"image": "x"}]}}}});
+        let stored = a
+            .admit(&r, svc, None, "alice")
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The same template again, or traffic alone changed: fine.
+        let mut traffic = stored.clone();
+        traffic["spec"]["traffic"] = json!([{"revisionName": "byo-one", "percent": 100}]);
+        assert!(a.admit(&r, traffic, Some(&stored), "bob").is_ok());
+        // A changed template under the same name: refused, naming the field and the rule.
+        let mut changed = stored.clone();
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("y");
+        let e = a
+            .admit(&r, changed.clone(), Some(&stored), "bob")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("spec.template.metadata.name") && e.contains("without a name change"),
+            "{e}"
+        );
+        // With a new name it is a new revision.
+        changed["spec"]["template"]["metadata"]["name"] = json!("byo-two");
+        assert!(a.admit(&r, changed, Some(&stored), "bob").is_ok());
     }
 
     #[test]

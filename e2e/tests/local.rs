@@ -486,7 +486,7 @@ fn env_from_config_maps_secrets_and_fields() {
         "{err}"
     );
 
-    let mounted = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: mounted\nspec:\n  template:\n    spec:\n      containers:\n        - image: ebb/hello\n          command: [\"hello\"]\n          volumeMounts:\n            - {name: conf, mountPath: /etc/conf}\n      volumes:\n        - name: conf\n          configMap: {name: settings}\n";
+    let mounted = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: mounted\nspec:\n  template:\n    spec:\n      containers:\n        - image: ebb/hello\n          command: [\"hello\"]\n          volumeMounts:\n            - {name: conf, mountPath: /etc/conf, readOnly: true}\n      volumes:\n        - name: conf\n          configMap: {name: settings}\n";
     let out = ebb.cli_stdin(
         &["apply", "-f", "-", "--wait-timeout", "30s"],
         Some(mounted),

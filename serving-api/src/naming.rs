@@ -209,9 +209,113 @@ pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An image reference as registries parse it: `[host[:port]/]path[:tag][@algorithm:hex]`, the
+/// path's components lower case alphanumerics joined by `.`, `_`, `__` or `-`.
+pub fn check_image_reference(image: &str) -> Result<(), String> {
+    let (rest, digest) = match image.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (image, None),
+    };
+    if let Some(d) = digest {
+        let ok = d.split_once(':').is_some_and(|(algo, hex)| {
+            !algo.is_empty()
+                && algo
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c))
+                && hex.len() >= 32
+                && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !ok {
+            return Err(format!("digest {d:?} is not algorithm:hex"));
+        }
+    }
+    // A tag follows the last ':' after the last '/'.
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if !rest[i..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
+        _ => (rest, None),
+    };
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && t.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !ok {
+            return Err(format!(
+                "tag {t:?} must be up to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+            ));
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    // The first component is a registry host when it has a '.' or ':' or is localhost.
+    if parts.len() > 1 {
+        let host = parts[0];
+        if host.contains('.') || host.contains(':') || host == "localhost" {
+            let ok = host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+            if !ok || host.starts_with(['.', '-', ':']) {
+                return Err(format!("registry {host:?} is not a host[:port]"));
+            }
+            parts.remove(0);
+        }
+    }
+    let component = |p: &str| {
+        let bytes: Vec<char> = p.chars().collect();
+        !p.is_empty()
+            && bytes
+                .first()
+                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && bytes
+                .last()
+                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            && !p.contains("..")
+            && !p.contains("___")
+    };
+    if parts.is_empty() || !parts.iter().all(|p| component(p)) {
+        return Err(format!(
+            "repository {name:?} must be lower case letters, digits and separators ('.', '_', '__', '-') in '/'-separated components"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_references() {
+        for ok in [
+            "hello",
+            "ghcr.io/ebb/hello",
+            "ghcr.io/ebb/hello:v1.2_x",
+            "127.0.0.1:5000/a/b:c",
+            "localhost/ebb-e2e/hello:123",
+            "gcr.io/knative-samples/helloworld-go",
+            "repo@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "a/b:t@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "registry.example.com/org/app__x",
+        ] {
+            assert_eq!(check_image_reference(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "Hello",
+            "ghcr.io/Ebb/hello",
+            "hello:",
+            "hello:-x",
+            "a b",
+            "repo@sha256:xyz",
+            "repo@nodigest",
+            "/hello",
+            "hello/",
+            "a//b",
+        ] {
+            assert!(check_image_reference(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn revision_names_follow_generation() {

@@ -154,6 +154,42 @@ pub fn validate_configuration(
     e.finish()
 }
 
+/// An update's template: a user-chosen revision name names one immutable Revision, so the
+/// template cannot change under the same name (Knative: "Saw the following changes without a
+/// name change"). Both templates as stored, defaulted.
+pub fn validate_template_update(
+    old: &RevisionTemplateSpec,
+    new: &RevisionTemplateSpec,
+) -> Result<(), ValidationErrors> {
+    let mut e = Errors::default();
+    let name = new.metadata.name.as_deref().unwrap_or_default();
+    if !name.is_empty() && old.metadata.name.as_deref() == Some(name) && old != new {
+        let changed: Vec<&str> = [
+            (
+                "metadata.labels",
+                old.metadata.labels != new.metadata.labels,
+            ),
+            (
+                "metadata.annotations",
+                old.metadata.annotations != new.metadata.annotations,
+            ),
+            ("spec", old.spec != new.spec),
+        ]
+        .into_iter()
+        .filter_map(|(f, c)| c.then_some(f))
+        .collect();
+        e.invalid(
+            "spec.template.metadata.name",
+            name,
+            format!(
+                "the template changed ({}) without a name change: Revision {name:?} exists and is immutable; give the new template a new name, or remove the name to have one generated",
+                changed.join(", ")
+            ),
+        );
+    }
+    e.finish()
+}
+
 pub fn validate_revision(r: &Revision, cfg: &ValidationConfig) -> Result<(), ValidationErrors> {
     let mut e = Errors::default();
     match r.metadata.name.as_deref() {
@@ -291,7 +327,40 @@ fn revision_spec(spec: &RevisionSpec, path: &str, cfg: &ValidationConfig, e: &mu
     }
 
     let volumes = volumes(spec, path, e);
+    if let Some(sa) = spec
+        .pod
+        .service_account_name
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        && let Err(m) = naming::check_dns_subdomain(sa)
+    {
+        e.invalid(format!("{path}.serviceAccountName"), sa, m);
+    }
+    if let Some(sc) = &spec.pod.security_context {
+        ids(
+            sc.run_as_user,
+            sc.run_as_group,
+            &format!("{path}.securityContext"),
+            e,
+        );
+    }
     let containers = &spec.pod.containers;
+    let mounted: BTreeSet<&str> = containers
+        .iter()
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .map(|m| m.name.as_str())
+        .collect();
+    let unmounted: Vec<&str> = volumes
+        .keys()
+        .map(String::as_str)
+        .filter(|v| !mounted.contains(v))
+        .collect();
+    if !unmounted.is_empty() {
+        e.push(
+            format!("{path}.volumes"),
+            format!("volumes not mounted by any container: {unmounted:?}"),
+        );
+    }
     if containers.is_empty() {
         e.push(
             format!("{path}.containers"),
@@ -331,13 +400,17 @@ fn revision_spec(spec: &RevisionSpec, path: &str, cfg: &ValidationConfig, e: &mu
     }
 }
 
-fn volumes(spec: &RevisionSpec, path: &str, e: &mut Errors) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
+/// The pod's volumes by name: whether each is an emptyDir (the one kind mounted writable).
+fn volumes(spec: &RevisionSpec, path: &str, e: &mut Errors) -> BTreeMap<String, bool> {
+    let mut names = BTreeMap::new();
     for (i, v) in spec.pod.volumes.iter().flatten().enumerate() {
         let vp = format!("{path}.volumes[{i}]");
         if let Err(m) = naming::check_dns_label(&v.name) {
             e.invalid(format!("{vp}.name"), &v.name, m);
-        } else if !names.insert(v.name.clone()) {
+        } else if names
+            .insert(v.name.clone(), v.empty_dir.is_some())
+            .is_some()
+        {
             e.invalid(format!("{vp}.name"), &v.name, "duplicate volume name");
         }
         let sources = [
@@ -359,7 +432,7 @@ fn volumes(spec: &RevisionSpec, path: &str, e: &mut Errors) -> BTreeSet<String> 
     names
 }
 
-fn container(c: &Container, path: &str, volumes: &BTreeSet<String>, e: &mut Errors) {
+fn container(c: &Container, path: &str, volumes: &BTreeMap<String, bool>, e: &mut Errors) {
     if c.image.as_deref().unwrap_or("").trim().is_empty() {
         e.push(format!("{path}.image"), "required");
     }
@@ -367,6 +440,44 @@ fn container(c: &Container, path: &str, volumes: &BTreeSet<String>, e: &mut Erro
         && let Err(m) = naming::check_dns_label(&c.name)
     {
         e.invalid(format!("{path}.name"), &c.name, m);
+    } else if c.name == "queue-proxy" {
+        e.invalid(
+            format!("{path}.name"),
+            &c.name,
+            "is reserved for the platform's sidecar",
+        );
+    }
+    if let Some(image) = c.image.as_deref().filter(|i| !i.trim().is_empty())
+        && let Err(m) = naming::check_image_reference(image)
+    {
+        e.invalid(format!("{path}.image"), image, m);
+    }
+    if let Some(policy) = c.termination_message_policy.as_deref()
+        && !matches!(policy, "File" | "FallbackToLogsOnError")
+    {
+        e.invalid(
+            format!("{path}.terminationMessagePolicy"),
+            policy,
+            "must be \"File\" or \"FallbackToLogsOnError\"",
+        );
+    }
+    if let Some(sc) = &c.security_context {
+        ids(
+            sc.run_as_user,
+            sc.run_as_group,
+            &format!("{path}.securityContext"),
+            e,
+        );
+    }
+    for (j, from) in c.env_from.iter().flatten().enumerate() {
+        let set =
+            usize::from(from.config_map_ref.is_some()) + usize::from(from.secret_ref.is_some());
+        if set != 1 {
+            e.push(
+                format!("{path}.envFrom[{j}]"),
+                "exactly one of configMapRef or secretRef is required",
+            );
+        }
     }
     if c.lifecycle.is_some() {
         e.push(
@@ -449,12 +560,30 @@ fn container(c: &Container, path: &str, volumes: &BTreeSet<String>, e: &mut Erro
     let mut mount_paths = BTreeSet::new();
     for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
         let mp = format!("{path}.volumeMounts[{j}]");
-        if !volumes.contains(&m.name) {
-            e.invalid(
+        match volumes.get(&m.name) {
+            None => e.invalid(
                 format!("{mp}.name"),
                 &m.name,
                 "no volume of that name in spec.volumes",
-            );
+            ),
+            // As Knative: only an emptyDir may be mounted writable.
+            Some(false) if m.read_only != Some(true) => e.push(
+                format!("{mp}.readOnly"),
+                "must be true: only emptyDir volumes are mounted writable",
+            ),
+            Some(_) => {}
+        }
+        for (field, set) in [
+            ("mountPropagation", m.mount_propagation.is_some()),
+            ("subPathExpr", m.sub_path_expr.is_some()),
+            ("recursiveReadOnly", m.recursive_read_only.is_some()),
+        ] {
+            if set {
+                e.push(
+                    format!("{mp}.{field}"),
+                    "must not be set (Knative allows name, mountPath, readOnly and subPath)",
+                );
+            }
         }
         let clean = m.mount_path.trim_end_matches('/');
         let clean = if clean.is_empty() { "/" } else { clean };
@@ -479,6 +608,21 @@ fn container(c: &Container, path: &str, volumes: &BTreeSet<String>, e: &mut Erro
     }
     if let Some(p) = &c.liveness_probe {
         probe(p, &format!("{path}.livenessProbe"), container_port, e);
+    }
+}
+
+/// User and group ids, as Knative bounds them: 0 to 2^31 − 1.
+fn ids(user: Option<i64>, group: Option<i64>, path: &str, e: &mut Errors) {
+    for (field, id) in [("runAsUser", user), ("runAsGroup", group)] {
+        if let Some(id) = id
+            && !(0..=i64::from(i32::MAX)).contains(&id)
+        {
+            e.invalid(
+                format!("{path}.{field}"),
+                id,
+                format!("must be between 0 and {}", i32::MAX),
+            );
+        }
     }
 }
 
