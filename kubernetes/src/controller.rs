@@ -583,13 +583,27 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
             }
         }
     }
-    write_status(
-        &Api::<Route>::namespaced(ctx.client.clone(), &ns),
-        &name,
-        route.status.as_ref(),
-        status,
-    )
-    .await?;
+    let routes_api = Api::<Route>::namespaced(ctx.client.clone(), &ns);
+    write_status(&routes_api, &name, route.status.as_ref(), status.clone()).await?;
+    // Routing state on the namespace's Revisions, from every Route's resolved traffic (this
+    // one's as just computed), as Knative's labeler keeps it.
+    let mut routes = routes_api.list(&ListParams::default()).await?.items;
+    for r in routes.iter_mut().filter(|r| r.name_any() == name) {
+        r.status = Some(status.clone());
+    }
+    let now = Time(jiff::Timestamp::now());
+    let revisions_api = Api::<Revision>::namespaced(ctx.client.clone(), &ns);
+    for rev in &revisions {
+        if let Some(m) = serving_controller::route::routing_metadata(rev, &routes, &now) {
+            revisions_api
+                .patch(
+                    &rev.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(m.merge_patch()),
+                )
+                .await?;
+        }
+    }
     Ok(Action::requeue(Duration::from_secs(30)))
 }
 

@@ -223,6 +223,21 @@ async fn a_service_becomes_ready_with_its_children_and_follows_new_revisions() {
             .filter(|r| r["status"]["traffic"][0]["revisionName"] == "hello-00002")
     })
     .await;
+    // Knative's routing state on the revisions: the routed one active, the other in reserve.
+    let state = |name: &str| {
+        api.get(REVISIONS, "default", name).map(|r| {
+            (
+                r["metadata"]["labels"]["serving.knative.dev/routingState"].clone(),
+                r["metadata"]["annotations"]["serving.knative.dev/routes"].clone(),
+            )
+        })
+    };
+    eventually("hello-00002 active, hello-00001 in reserve", || {
+        (state("hello-00002") == Some((json!("active"), json!("hello")))
+            && state("hello-00001") == Some((json!("reserve"), Value::Null)))
+        .then_some(())
+    })
+    .await;
 
     // Tags: a pinned revision with a tag URL, in the Ingress too.
     update(

@@ -26,5 +26,13 @@ pub const CREATOR: &str = "serving.knative.dev/creator";
 pub const LAST_MODIFIER: &str = "serving.knative.dev/lastModifier";
 /// On Revisions: routing state (`active`, `reserve`, `pending`) used by GC and scale-to-zero.
 pub const ROUTING_STATE: &str = "serving.knative.dev/routingState";
+/// On Revisions: when the routing state last changed (RFC 3339).
+pub const ROUTING_STATE_MODIFIED: &str = "serving.knative.dev/routingStateModified";
+/// On Revisions: the Routes sending it traffic, comma-separated.
+pub const ROUTES: &str = "serving.knative.dev/routes";
+/// Routing states.
+pub const ROUTING_ACTIVE: &str = "active";
+pub const ROUTING_RESERVE: &str = "reserve";
+pub const ROUTING_PENDING: &str = "pending";
 /// kubectl's client-side apply bookkeeping; never propagated to children.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";

@@ -262,8 +262,27 @@ pub fn reconcile(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, 
         )?);
     }
 
-    // Service status from its children.
+    // Routing state on Revisions (routingState, routingStateModified, routes), as Knative's
+    // labeler keeps it: from the Routes' resolved traffic.
     let routes = list::<Route>(store, "Route")?;
+    for rev in &revisions {
+        if let Some(m) = crate::route::routing_metadata(rev, &routes, now) {
+            let (ns, name) = (
+                rev.metadata.namespace.clone().unwrap_or_default(),
+                rev.metadata.name.clone().unwrap_or_default(),
+            );
+            // The stored revision (its status moves apart), its metadata updated.
+            let Some(stored) = store.get("Revision", &ns, &name)? else {
+                continue;
+            };
+            let mut stored: Revision = serde_json::from_value(stored)?;
+            m.apply(&mut stored.metadata);
+            store.apply(to_value(&stored)?)?;
+            writes += 1;
+        }
+    }
+
+    // Service status from its children.
     for svc in list::<Service>(store, "Service")? {
         let (ns, name) = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
         let config = configs

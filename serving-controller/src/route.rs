@@ -1,6 +1,7 @@
 //! Route → resolved traffic: revision names for every target, tag URLs, the route's URLs and
 //! its conditions.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serving_api::condition::{self, Condition, ConditionStatus};
 use serving_api::config::{DomainConfig, NetworkConfig};
 use serving_api::naming::{self, RouteRef};
@@ -217,4 +218,117 @@ pub fn route_status(route: &Route, inputs: &RouteInputs<'_>) -> RouteStatus {
         conditions: vec![assigned, ingress, ready],
         fields,
     }
+}
+
+/// The routing metadata Knative keeps on a Revision (its routing state label, when that last
+/// changed, the Routes sending it traffic), as it should now be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutingMetadata {
+    /// `active` while a Route sends it traffic, `reserve` once none does, `pending` before any did.
+    pub state: &'static str,
+    /// The Routes (names, sorted) whose resolved traffic names it.
+    pub routes: Vec<String>,
+    /// `routingStateModified`: kept while the state holds, `now` when it changes.
+    pub modified: String,
+}
+
+impl RoutingMetadata {
+    /// Put it on a Revision's metadata.
+    pub fn apply(&self, meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+        use serving_api::labels::{ROUTES, ROUTING_STATE, ROUTING_STATE_MODIFIED};
+        meta.labels
+            .get_or_insert_with(Default::default)
+            .insert(ROUTING_STATE.into(), self.state.into());
+        let annotations = meta.annotations.get_or_insert_with(Default::default);
+        annotations.insert(ROUTING_STATE_MODIFIED.into(), self.modified.clone());
+        if self.routes.is_empty() {
+            annotations.remove(ROUTES);
+        } else {
+            annotations.insert(ROUTES.into(), self.routes.join(","));
+        }
+    }
+
+    /// The same as a JSON merge patch (an emptied `routes` removed).
+    pub fn merge_patch(&self) -> serde_json::Value {
+        use serving_api::labels::{ROUTES, ROUTING_STATE, ROUTING_STATE_MODIFIED};
+        let routes = if self.routes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            self.routes.join(",").into()
+        };
+        serde_json::json!({"metadata": {
+            "labels": {ROUTING_STATE: self.state},
+            "annotations": {ROUTING_STATE_MODIFIED: self.modified, ROUTES: routes},
+        }})
+    }
+}
+
+/// What `rev`'s routing metadata should be, given the Routes of its namespace (their resolved
+/// traffic, in status); None when it already is.
+pub fn routing_metadata(rev: &Revision, routes: &[Route], now: &Time) -> Option<RoutingMetadata> {
+    use serving_api::labels::{
+        ROUTES, ROUTING_ACTIVE, ROUTING_PENDING, ROUTING_RESERVE, ROUTING_STATE,
+        ROUTING_STATE_MODIFIED,
+    };
+    let name = rev.metadata.name.as_deref()?;
+    let mut referencing: Vec<String> = routes
+        .iter()
+        .filter(|r| r.metadata.namespace == rev.metadata.namespace)
+        .filter(|r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.fields
+                    .traffic
+                    .iter()
+                    .any(|t| t.revision_name.as_deref() == Some(name))
+            })
+        })
+        .filter_map(|r| r.metadata.name.clone())
+        .collect();
+    referencing.sort();
+    referencing.dedup();
+    let label = |k: &str| {
+        rev.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(k))
+            .map(String::as_str)
+    };
+    let annotation = |k: &str| {
+        rev.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(k))
+            .map(String::as_str)
+    };
+    let current = label(ROUTING_STATE);
+    let state = if !referencing.is_empty() {
+        ROUTING_ACTIVE
+    } else if matches!(current, Some(s) if s == ROUTING_ACTIVE || s == ROUTING_RESERVE) {
+        ROUTING_RESERVE
+    } else {
+        ROUTING_PENDING
+    };
+    let routes_now: Vec<String> = annotation(ROUTES)
+        .map(|r| {
+            r.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let modified = match annotation(ROUTING_STATE_MODIFIED) {
+        Some(m) if current == Some(state) => m.to_string(),
+        _ => now.0.to_string(),
+    };
+    if current == Some(state)
+        && routes_now == referencing
+        && annotation(ROUTING_STATE_MODIFIED).is_some()
+    {
+        return None;
+    }
+    Some(RoutingMetadata {
+        state,
+        routes: referencing,
+        modified,
+    })
 }

@@ -53,6 +53,20 @@ fn cond(obj: &Value, t: &str) -> (String, String) {
     )
 }
 
+/// A revision's routing state label and its `routes` annotation.
+fn routing(store: &Store, name: &str) -> (String, Option<String>) {
+    let rev = store.get("Revision", "default", name).unwrap().unwrap();
+    (
+        rev["metadata"]["labels"]["serving.knative.dev/routingState"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        rev["metadata"]["annotations"]["serving.knative.dev/routes"]
+            .as_str()
+            .map(str::to_string),
+    )
+}
+
 #[test]
 fn service_lifecycle_in_the_store() {
     let dir = std::env::temp_dir().join(format!("ebb-local-cp-{}", std::process::id()));
@@ -82,6 +96,7 @@ fn service_lifecycle_in_the_store() {
         "not ready before the revision is"
     );
     assert_eq!(svc["status"]["latestCreatedRevisionName"], "hello-00001");
+    assert_eq!(routing(&store, "hello-00001"), ("pending".into(), None));
     assert_eq!(
         settle(&store, &cfg, &now()).unwrap(),
         0,
@@ -98,6 +113,10 @@ fn service_lifecycle_in_the_store() {
         "http://hello.default.svc.cluster.local"
     );
     assert_eq!(svc["status"]["latestReadyRevisionName"], "hello-00001");
+    assert_eq!(
+        routing(&store, "hello-00001"),
+        ("active".into(), Some("hello".into()))
+    );
     assert_eq!(svc["status"]["traffic"][0]["revisionName"], "hello-00001");
     assert_eq!(svc["status"]["observedGeneration"], 1);
     assert!(svc["status"]["conditions"][0]["lastTransitionTime"].is_string());
@@ -118,6 +137,23 @@ fn service_lifecycle_in_the_store() {
     let svc = store.get("Service", "default", "hello").unwrap().unwrap();
     assert_eq!(svc["status"]["traffic"][0]["revisionName"], "hello-00002");
     assert_eq!(svc["status"]["observedGeneration"], 2);
+    assert_eq!(
+        routing(&store, "hello-00002"),
+        ("active".into(), Some("hello".into()))
+    );
+    assert_eq!(
+        routing(&store, "hello-00001"),
+        ("reserve".into(), None),
+        "no Route sends it traffic any more"
+    );
+    let old = store
+        .get("Revision", "default", "hello-00001")
+        .unwrap()
+        .unwrap();
+    assert!(
+        old["metadata"]["annotations"]["serving.knative.dev/routingStateModified"].is_string(),
+        "{old:#}"
+    );
     assert_eq!(cond(&svc, "Ready").0, "True");
 
     // Deleting the Service removes everything it owns.
