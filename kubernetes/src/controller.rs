@@ -226,16 +226,20 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
         }
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
-    let configuration = Api::<Configuration>::namespaced(c.clone(), &ns)
-        .patch(
-            &name,
-            &apply_params(),
-            &Patch::Apply(&desired_configuration(&svc)),
-        )
-        .await?;
-    let route = Api::<Route>::namespaced(c.clone(), &ns)
-        .patch(&name, &apply_params(), &Patch::Apply(&desired_route(&svc)))
-        .await?;
+    let configuration = apply_owned(
+        &Api::<Configuration>::namespaced(c.clone(), &ns),
+        &name,
+        &desired_configuration(&svc),
+        svc.as_ref(),
+    )
+    .await?;
+    let route = apply_owned(
+        &Api::<Route>::namespaced(c.clone(), &ns),
+        &name,
+        &desired_route(&svc),
+        svc.as_ref(),
+    )
+    .await?;
     let status = service_status(&svc, Some(&configuration), Some(&route));
     write_status(
         &Api::<Service>::namespaced(c.clone(), &ns),
@@ -245,6 +249,26 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     )
     .await?;
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Apply a child the Service controls; one of that name it does not control is left as it is
+/// (the Service reports NotOwned, as Knative's does) and returned.
+async fn apply_owned<K>(api: &Api<K>, name: &str, desired: &K, svc: &Service) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if let Some(existing) = api.get_opt(name).await?
+        && !serving_controller::meta::is_controlled_by(existing.meta(), svc)
+    {
+        return Ok(existing);
+    }
+    Ok(api
+        .patch(name, &apply_params(), &Patch::Apply(desired))
+        .await?)
 }
 
 async fn revisions_of(

@@ -427,3 +427,28 @@ async fn an_invalid_service_is_reported_and_its_last_valid_spec_keeps_serving() 
     .await;
     assert!(!events.is_empty());
 }
+
+/// A Route of the Service's name that the Service does not control is not taken over: the
+/// Service reports NotOwned (RoutesReady False) and the Route keeps its own traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_route_is_not_taken_over() {
+    let api = start().await;
+    api.put(json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Route",
+        "metadata": { "name": "hello", "namespace": "default", "generation": 1 },
+        "spec": { "traffic": [{ "configurationName": "elsewhere", "percent": 100 }] },
+    }));
+    api.put(service("one", None));
+    let svc = eventually("NotOwned on the Service", || {
+        api.get(SERVICES, "default", "hello")
+            .filter(|s| condition(s, "RoutesReady") == ("False".into(), "NotOwned".into()))
+    })
+    .await;
+    assert_eq!(condition(&svc, "Ready").0, "False", "{svc:#}");
+    let route = api.get(ROUTES, "default", "hello").unwrap();
+    assert_eq!(
+        route["spec"]["traffic"][0]["configurationName"], "elsewhere",
+        "not overwritten: {route:#}"
+    );
+    assert!(!controlled_by(&route, "Service", "hello"));
+}

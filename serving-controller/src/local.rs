@@ -5,6 +5,7 @@
 //! Revision status is not written here: the instance runtime owns it (as the kubelet and the
 //! Deployment controller do on Kubernetes).
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -183,7 +184,13 @@ pub fn reconcile(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, 
                 Err(StoreError::Damaged { .. }) => None,
                 other => other?,
             };
-            if differs(stored.as_ref(), &desired) {
+            // One of that name the Service does not control is not taken over: the Service
+            // reports NotOwned, as Knative's does.
+            let foreign = stored.as_ref().is_some_and(|v| {
+                serde_json::from_value::<ObjectMeta>(v["metadata"].clone())
+                    .is_ok_and(|m| !crate::meta::is_controlled_by(&m, &svc))
+            });
+            if !foreign && differs(stored.as_ref(), &desired) {
                 store.apply(desired)?;
                 writes += 1;
                 if stored.is_none() {

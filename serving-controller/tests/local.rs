@@ -166,3 +166,39 @@ fn service_lifecycle_in_the_store() {
     assert!(store.list("Revision", None).unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Configuration of the Service's name that the Service does not control is not taken over:
+/// the Service reports NotOwned and the Configuration keeps its own template.
+#[test]
+fn a_foreign_child_is_not_taken_over() {
+    let dir = std::env::temp_dir().join(format!("ebb-local-owned-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(&dir.join("state.redb")).unwrap();
+    let cfg = LocalConfig::default();
+    let mut foreign: serving_api::Configuration = serde_json::from_value(json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Configuration",
+        "metadata": {"name": "hello", "namespace": "default"},
+        "spec": {"template": {"spec": {"containers": [{"image": "someone/else:1"}]}}},
+    }))
+    .unwrap();
+    serving_api::defaults::default_configuration(&mut foreign, &Default::default());
+    store.apply(serde_json::to_value(foreign).unwrap()).unwrap();
+    store.apply(service("ebb/hello:1")).unwrap();
+    settle(&store, &cfg, &now()).unwrap();
+    let svc = store.get("Service", "default", "hello").unwrap().unwrap();
+    assert_eq!(
+        cond(&svc, "ConfigurationsReady"),
+        ("False".into(), "NotOwned".into()),
+        "{svc:#}"
+    );
+    assert_eq!(cond(&svc, "Ready").0, "False");
+    let config = store
+        .get("Configuration", "default", "hello")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        config["spec"]["template"]["spec"]["containers"][0]["image"], "someone/else:1",
+        "not overwritten"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
