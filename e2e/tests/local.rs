@@ -551,3 +551,66 @@ fn process_runtime_honours_or_refuses_the_security_context() {
         assert!(err.contains(field), "{name}: {err}");
     }
 }
+
+/// Ready means routable: a client that watches Services and requests one the moment a watch
+/// event says it is Ready is answered by the app, never `404 no route for host` (a Route is
+/// Ready only once the gateway routes it). Twenty Services created at once.
+#[test]
+fn ready_services_answer_their_first_request_under_parallel_applies() {
+    use futures_util::StreamExt;
+    use kube::api::{
+        ApiResource, DynamicObject, GroupVersionKind, PostParams, WatchEvent, WatchParams,
+    };
+    let ebb = Ebb::start();
+    rt().block_on(async {
+        let client = ebb.kube().await;
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("serving.knative.dev", "v1", "Service"),
+            "services",
+        );
+        let api: kube::Api<DynamicObject> =
+            kube::Api::namespaced_with(client, "default", &resource);
+        let mut events = api
+            .watch(&WatchParams::default(), "0")
+            .await
+            .unwrap()
+            .boxed();
+        let names: Vec<String> = (0..20).map(|i| format!("par-{i}")).collect();
+        let creates = names.iter().map(|name| {
+            let api = api.clone();
+            let yaml = service_yaml(name, "hello", &[], &[("TARGET", "par")]);
+            async move {
+                let obj: DynamicObject = serde_saphyr::from_str(&yaml).unwrap();
+                api.create(&PostParams::default(), &obj).await.unwrap();
+            }
+        });
+        futures_util::future::join_all(creates).await;
+        let mut checked = std::collections::BTreeSet::new();
+        let mut failures = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while checked.len() < names.len() {
+            let ev = tokio::time::timeout_at(deadline, events.next())
+                .await
+                .expect("every Service Ready within 60 s")
+                .expect("the watch stays open")
+                .unwrap();
+            let (WatchEvent::Added(o) | WatchEvent::Modified(o)) = ev else {
+                continue;
+            };
+            let name = o.metadata.name.clone().unwrap_or_default();
+            let ready = o.data["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if ready && checked.insert(name.clone()) {
+                let (code, body) =
+                    request(&http_client(), ebb.gateway, &ebb.host(&name), "/").await;
+                if code != 200 {
+                    failures.push(format!("{name}: first request {code}: {body}"));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    });
+}

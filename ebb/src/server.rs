@@ -26,7 +26,8 @@ use serving_api::config::{
     AutoscalerConfig, DefaultsConfig, DeploymentConfig, DomainConfig, NetworkConfig,
 };
 use serving_api::validation::ValidationConfig;
-use serving_controller::local::{LocalConfig, settle};
+use serving_controller::local::{LocalConfig, settle_with};
+use serving_controller::route::Programmed;
 use store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -440,8 +441,11 @@ async fn control_loop(
     let mut events = store.watch();
     let mut synced = Some(synced);
     let mut broken_revisions = std::collections::HashSet::new();
+    // What the gateway's table was built from: a Route is Ready only once the gateway routes it
+    // (so a client that saw Ready is never answered 404).
+    let mut programmed = Programmed::Routes(Default::default());
     loop {
-        if let Err(e) = settle(&store, &cfg, &now()) {
+        if let Err(e) = settle_with(&store, &cfg, &now(), &programmed) {
             tracing::error!(error = %e, "reconcile");
         }
         runtime.sync();
@@ -456,6 +460,12 @@ async fn control_loop(
         routes.send_replace(Arc::new(table));
         if let Some(tx) = synced.take() {
             let _ = tx.send(());
+        }
+        // The table now routes what the stored Routes say: another pass marks them Ready.
+        let now_programmed = Programmed::of(list.iter());
+        if now_programmed != programmed {
+            programmed = now_programmed;
+            continue;
         }
 
         tokio::select! {

@@ -165,6 +165,17 @@ pub fn write_revision_status(
 
 /// One reconcile pass over everything in the store. Returns the number of writes (0 = settled).
 pub fn reconcile(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, ReconcileError> {
+    reconcile_with(store, cfg, now, &crate::route::Programmed::Everything)
+}
+
+/// One pass, a Route Ready only once the gateway routes it as its status says (`programmed`:
+/// what the gateway's table was built from), as Knative waits for its ingress.
+pub fn reconcile_with(
+    store: &Store,
+    cfg: &LocalConfig,
+    now: &Time,
+    programmed: &crate::route::Programmed,
+) -> Result<usize, ReconcileError> {
     let mut writes = 0;
 
     // Service → Configuration + Route.
@@ -258,7 +269,20 @@ pub fn reconcile(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, 
             domains: &cfg.domains,
             ingress: &ingress,
         };
-        let status = route_status(&route, &inputs);
+        let mut status = route_status(&route, &inputs);
+        if !programmed.routes(&route, &status.fields) {
+            let waiting = IngressState::NotReady {
+                reason: "Uninitialized".into(),
+                message: "Waiting for the gateway to route the Route's hosts.".into(),
+            };
+            status = route_status(
+                &route,
+                &RouteInputs {
+                    ingress: &waiting,
+                    ..inputs
+                },
+            );
+        }
         writes += usize::from(write_status(
             store,
             "Route",
@@ -314,9 +338,19 @@ pub fn reconcile(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, 
 /// Reconcile until nothing changes (bounded; one pass usually settles a chain of changes in
 /// three or four passes).
 pub fn settle(store: &Store, cfg: &LocalConfig, now: &Time) -> Result<usize, ReconcileError> {
+    settle_with(store, cfg, now, &crate::route::Programmed::Everything)
+}
+
+/// As `settle`, with what the gateway routes (see `reconcile_with`).
+pub fn settle_with(
+    store: &Store,
+    cfg: &LocalConfig,
+    now: &Time,
+    programmed: &crate::route::Programmed,
+) -> Result<usize, ReconcileError> {
     let mut total = 0;
     for _ in 0..10 {
-        let w = reconcile(store, cfg, now)?;
+        let w = reconcile_with(store, cfg, now, programmed)?;
         total += w;
         if w == 0 {
             break;

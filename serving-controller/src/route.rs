@@ -332,3 +332,60 @@ pub fn routing_metadata(rev: &Revision, routes: &[Route], now: &Time) -> Option<
         modified,
     })
 }
+
+/// What a gateway's table holds of a Route (its visibility, URL and resolved traffic): when the
+/// table was built from a Route whose fingerprint matches the one its status now has, the
+/// gateway routes it as that status says.
+pub fn routing_fingerprint(route: &Route, fields: &RouteStatusFields) -> String {
+    let visibility = route
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(serving_api::labels::VISIBILITY));
+    serde_json::json!([visibility, fields.url, fields.traffic]).to_string()
+}
+
+/// The Routes a gateway serves, as fingerprints by (namespace, name); `Everything` when no
+/// gateway is asked (tests of the control plane alone).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Programmed {
+    #[default]
+    Everything,
+    Routes(std::collections::BTreeMap<(String, String), String>),
+}
+
+impl Programmed {
+    /// Whether the gateway routes `route` as `fields` say (nothing to route counts as routed).
+    pub fn routes(&self, route: &Route, fields: &RouteStatusFields) -> bool {
+        match self {
+            Programmed::Everything => true,
+            Programmed::Routes(_) if fields.traffic.is_empty() => true,
+            Programmed::Routes(m) => {
+                let key = (
+                    route.metadata.namespace.clone().unwrap_or_default(),
+                    route.metadata.name.clone().unwrap_or_default(),
+                );
+                m.get(&key) == Some(&routing_fingerprint(route, fields))
+            }
+        }
+    }
+
+    /// The fingerprints of `routes` as they are stored (what a table built from them holds).
+    pub fn of<'a>(routes: impl IntoIterator<Item = &'a Route>) -> Programmed {
+        Programmed::Routes(
+            routes
+                .into_iter()
+                .filter_map(|r| {
+                    let fields = &r.status.as_ref()?.fields;
+                    Some((
+                        (
+                            r.metadata.namespace.clone().unwrap_or_default(),
+                            r.metadata.name.clone().unwrap_or_default(),
+                        ),
+                        routing_fingerprint(r, fields),
+                    ))
+                })
+                .collect(),
+        )
+    }
+}

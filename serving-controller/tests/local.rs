@@ -202,3 +202,55 @@ fn a_foreign_child_is_not_taken_over() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Ready means routable: a Route (and so its Service) is Ready only once the gateway's table
+/// was built from what the Route's status says.
+#[test]
+fn a_route_is_ready_only_once_the_gateway_routes_it() {
+    use serving_controller::local::settle_with;
+    use serving_controller::route::Programmed;
+    let dir = std::env::temp_dir().join(format!("ebb-local-routable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(&dir.join("state.redb")).unwrap();
+    let cfg = LocalConfig::default();
+    let nothing = Programmed::Routes(Default::default());
+    store.apply(service("ebb/hello:1")).unwrap();
+    settle_with(&store, &cfg, &now(), &nothing).unwrap();
+    mark_ready(&store, "hello-00001");
+    settle_with(&store, &cfg, &now(), &nothing).unwrap();
+    let route = store.get("Route", "default", "hello").unwrap().unwrap();
+    assert_eq!(
+        cond(&route, "IngressReady"),
+        ("Unknown".into(), "Uninitialized".into()),
+        "{route:#}"
+    );
+    assert_eq!(route["status"]["traffic"][0]["revisionName"], "hello-00001");
+    let svc = store.get("Service", "default", "hello").unwrap().unwrap();
+    assert_eq!(
+        cond(&svc, "Ready").0,
+        "Unknown",
+        "not Ready before routable"
+    );
+
+    // The gateway's table built from the stored Routes: now Ready.
+    let routes: Vec<serving_api::Route> = store
+        .list("Route", None)
+        .unwrap()
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+    let table = Programmed::of(routes.iter());
+    settle_with(&store, &cfg, &now(), &table).unwrap();
+    let svc = store.get("Service", "default", "hello").unwrap().unwrap();
+    assert_eq!(cond(&svc, "Ready").0, "True", "{svc:#}");
+
+    // A traffic change is not Ready again until the table has it.
+    store.apply(service("ebb/hello:2")).unwrap();
+    settle_with(&store, &cfg, &now(), &table).unwrap();
+    mark_ready(&store, "hello-00002");
+    settle_with(&store, &cfg, &now(), &table).unwrap();
+    let route = store.get("Route", "default", "hello").unwrap().unwrap();
+    assert_eq!(route["status"]["traffic"][0]["revisionName"], "hello-00002");
+    assert_eq!(cond(&route, "Ready").0, "Unknown", "{route:#}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
