@@ -1,5 +1,6 @@
-//! The response body as it streams back: enforces the total and idle timeouts while streaming,
-//! and owns the request's guards, so that its concurrency slot and in-flight count are given
+//! The response body as it streams back: enforces the idle timeout while streaming (as in
+//! Knative, `timeoutSeconds` ends once the response has started: a response begun in time may
+//! stream past it), and owns the request's guards, so that its concurrency slot and in-flight count are given
 //! back the moment the response ends, fails or is abandoned by the client.
 
 use std::future::Future;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
@@ -24,8 +25,6 @@ pub fn text(s: impl Into<Bytes>) -> ProxyBody {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamTimeout {
-    #[error("request exceeded timeoutSeconds while streaming the response")]
-    Total,
     #[error("no bytes from the app for idleTimeoutSeconds")]
     Idle,
 }
@@ -34,21 +33,17 @@ pin_project_lite::pin_project! {
     pub struct Tracked<B, G> {
         #[pin]
         inner: B,
-        deadline: Instant,
-        // Timers are armed only when the app makes us wait: most responses are complete in
-        // the first poll, and registering timers per request is a measurable cost.
-        timer: Option<Pin<Box<Sleep>>>,
+        // The idle timer is armed only when the app makes us wait: most responses are complete
+        // in the first poll, and registering timers per request is a measurable cost.
         idle: Option<(Duration, Option<Pin<Box<Sleep>>>)>,
         guard: Option<G>,
     }
 }
 
 impl<B, G> Tracked<B, G> {
-    pub fn new(inner: B, deadline: Instant, idle: Option<Duration>, guard: G) -> Self {
+    pub fn new(inner: B, idle: Option<Duration>, guard: G) -> Self {
         Tracked {
             inner,
-            deadline,
-            timer: None,
             idle: idle.map(|d| (d, None)),
             guard: Some(guard),
         }
@@ -85,14 +80,6 @@ where
                 return Poll::Ready(None);
             }
             Poll::Pending => {}
-        }
-        let deadline = *this.deadline;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.as_mut().poll(cx).is_ready() {
-            this.guard.take();
-            return Poll::Ready(Some(Err(Box::new(StreamTimeout::Total))));
         }
         if let Some((d, sleep)) = this.idle.as_mut() {
             let d = *d;

@@ -11,8 +11,10 @@
 //! 5. headers: internal routing headers dropped, Forwarded / X-Forwarded-* added, hop-by-hop
 //!    headers removed; everything else (CloudEvents `ce-*`, `traceparent`) untouched;
 //! 6. upstream call with the response-start timeout; upgrades (websockets) are tunnelled;
-//! 7. the response body streams back through `Tracked`, which enforces the total and idle
-//!    timeouts and releases the slot and counters when it ends.
+//! 7. the response body streams back through `Tracked`, which enforces the idle timeout and
+//!    releases the slot and counters when it ends. `timeoutSeconds` bounds the wait for the
+//!    response to start (queueing included), as Knative's "begin replying" rule: a response
+//!    begun in time streams on (Knative's TestRevisionTimeout).
 //!
 //! Errors are classified once, here: 503 overload, 504 deadline, 502 app unreachable.
 
@@ -512,6 +514,6 @@ pub async fn handle(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let body = Tracked::new(body, deadline, shared.cfg.idle_timeout, guard);
+    let body = Tracked::new(body, shared.cfg.idle_timeout, guard);
     Response::from_parts(parts, body.boxed_unsync())
 }

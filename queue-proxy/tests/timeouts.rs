@@ -84,8 +84,10 @@ async fn total_timeout_gives_504_before_headers() {
     assert!(body.contains("timeoutSeconds"), "{body}");
 }
 
+/// Knative's TestRevisionTimeout "writes first byte before timeout": a response that started
+/// within timeoutSeconds streams on past it, to its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn total_timeout_cuts_a_streaming_response() {
+async fn a_response_begun_in_time_streams_past_the_timeout() {
     let a = app().await;
     let qp = QueueProxy::start(a.port(), &[("REVISION_TIMEOUT_SECONDS", "1")]);
     qp.wait_ready().await;
@@ -94,13 +96,12 @@ async fn total_timeout_cuts_a_streaming_response() {
         .request(http::Request::get(qp.url("/drip")).body(empty()).unwrap())
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "headers were already sent");
-    let body = r.into_body().collect().await;
-    assert!(body.is_err(), "the stream is aborted, not completed");
-    let took = started.elapsed();
+    assert_eq!(r.status(), 200);
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"start...............", "the whole stream");
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_millis(2800),
-        "{took:?}"
+        started.elapsed() >= Duration::from_secs(2),
+        "it ran past the 1 s timeout"
     );
 }
 
