@@ -63,6 +63,7 @@ pub struct Settings {
     pub network: NetworkConfig,
     pub domains: DomainConfig,
     pub deployment: DeploymentConfig,
+    pub gc: serving_api::config::GcConfig,
 }
 
 impl Default for Settings {
@@ -74,6 +75,7 @@ impl Default for Settings {
             network: local.network,
             domains: local.domains,
             deployment: DeploymentConfig::default(),
+            gc: local.gc,
         }
     }
 }
@@ -103,7 +105,7 @@ impl Settings {
                 "config-network" => NetworkConfig::from_map(&data).map(|c| s.network = c),
                 "config-domain" => DomainConfig::from_map(&data).map(|c| s.domains = c),
                 "config-deployment" => DeploymentConfig::from_map(&data).map(|c| s.deployment = c),
-                "config-gc" => serving_api::config::GcConfig::from_map(&data).map(|_| ()),
+                "config-gc" => serving_api::config::GcConfig::from_map(&data).map(|c| s.gc = c),
                 other => {
                     errors.push(format!(
                         "config map {other:?}: not one local mode reads (config-defaults, config-autoscaler, config-network, config-domain, config-deployment, config-gc)"
@@ -134,6 +136,7 @@ impl Settings {
         LocalConfig {
             network: self.network.clone(),
             domains: self.domains.clone(),
+            gc: self.gc.clone(),
         }
     }
 }

@@ -73,6 +73,7 @@ pub struct Configs {
     pub domains: DomainConfig,
     pub deployment: DeploymentConfig,
     pub autoscaler: AutoscalerConfig,
+    pub gc: serving_api::config::GcConfig,
 }
 
 impl Configs {
@@ -95,6 +96,7 @@ impl Configs {
         read!(domains, DomainConfig, "config-domain");
         read!(deployment, DeploymentConfig, "config-deployment");
         read!(autoscaler, AutoscalerConfig, "config-autoscaler");
+        read!(gc, serving_api::config::GcConfig, "config-gc");
         if errors.is_empty() {
             Ok(c)
         } else {
@@ -318,9 +320,31 @@ async fn reconcile_configuration(
         &Api::<Configuration>::namespaced(ctx.client.clone(), &ns),
         &name,
         config.status.as_ref(),
-        status,
+        status.clone(),
     )
     .await?;
+    // Revision GC per config-gc, against the status just written.
+    let mut current = config.as_ref().clone();
+    current.status = Some(status);
+    let now = Time(jiff::Timestamp::now());
+    let revisions_api = Api::<Revision>::namespaced(ctx.client.clone(), &ns);
+    for gone in serving_controller::gc::collect(&current, &revisions, &ctx.configs().gc, &now) {
+        match revisions_api.delete(&gone, &Default::default()).await {
+            Ok(_) => {
+                publish(
+                    &ctx,
+                    config.as_ref(),
+                    EventType::Normal,
+                    "Deleted",
+                    &format!("Deleted non-active Revision {gone:?} (config-gc)"),
+                )
+                .await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Time-based rules come due without any change: looked at again with the requeue.
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 

@@ -33,20 +33,29 @@ fn service(env: &str, traffic: Option<Value>) -> Value {
 }
 
 async fn start() -> FakeApi {
+    start_with(&[]).await
+}
+
+/// As `start`, with more config maps (name, key, value).
+async fn start_with(extra: &[(&str, &str, &str)]) -> FakeApi {
     let api = FakeApi::start().await;
     let client = ebb_kubernetes::client_for(&api.url()).unwrap();
+    // As a cluster with a public domain configured (without one, Knative's default is
+    // svc.cluster.local and routes are cluster-local).
+    let mut maps: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
+        [(
+            "config-domain".to_string(),
+            [("example.com".to_string(), String::new())].into(),
+        )]
+        .into();
+    for (map, k, v) in extra {
+        maps.entry(map.to_string())
+            .or_default()
+            .insert(k.to_string(), v.to_string());
+    }
     let ctx = Context::new(
         client,
-        // As a cluster with a public domain configured (without one, Knative's default is
-        // svc.cluster.local and routes are cluster-local).
-        Configs::from_maps(
-            &[(
-                "config-domain".to_string(),
-                [("example.com".to_string(), String::new())].into(),
-            )]
-            .into(),
-        )
-        .unwrap(),
+        Configs::from_maps(&maps).unwrap(),
         "ebb-activator-internal.ebb-system.svc.cluster.local",
         Some("nginx".into()),
         "controller-0",
@@ -451,4 +460,42 @@ async fn a_foreign_route_is_not_taken_over() {
         "not overwritten: {route:#}"
     );
     assert!(!controlled_by(&route, "Service", "hello"));
+}
+
+/// config-gc on Kubernetes: with max-non-active-revisions 1, a third ready template deletes the
+/// oldest non-active revision; the routed and the other non-active one stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_active_revisions_are_collected_per_config_gc() {
+    let api = start_with(&[
+        ("config-gc", "retain-since-create-time", "disabled"),
+        ("config-gc", "retain-since-last-active-time", "disabled"),
+        ("config-gc", "min-non-active-revisions", "0"),
+        ("config-gc", "max-non-active-revisions", "1"),
+    ])
+    .await;
+    api.put(service("one", None));
+    for (i, env) in ["one", "two", "three"].iter().enumerate() {
+        let rev = format!("hello-0000{}", i + 1);
+        if i > 0 {
+            update(&api, service(env, None));
+        }
+        eventually("deployment", || {
+            api.get(DEPLOYMENTS, "default", &format!("{rev}-deployment"))
+        })
+        .await;
+        deployment_ready(&api, &rev);
+        eventually("traffic on the new revision", || {
+            api.get(ROUTES, "default", "hello")
+                .filter(|r| r["status"]["traffic"][0]["revisionName"] == rev.as_str())
+        })
+        .await;
+    }
+    eventually("hello-00001 collected", || {
+        api.get(REVISIONS, "default", "hello-00001")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(api.get(REVISIONS, "default", "hello-00002").is_some());
+    assert!(api.get(REVISIONS, "default", "hello-00003").is_some());
 }

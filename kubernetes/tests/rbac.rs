@@ -138,6 +138,11 @@ async fn controller_scenario() {
     let api = FakeApi::start().await;
     api.put(json!({ "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": { "name": "config-domain", "namespace": SYSTEM }, "data": { "example.com": "" } }));
+    // Revision GC keeps no non-active revision: the first goes once the second serves.
+    api.put(json!({ "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "config-gc", "namespace": SYSTEM }, "data": {
+            "retain-since-create-time": "disabled", "retain-since-last-active-time": "disabled",
+            "min-non-active-revisions": "0", "max-non-active-revisions": "0" } }));
     let (_p, _) = start(
         env!("CARGO_BIN_EXE_ebb-controller"),
         &api,
@@ -178,6 +183,18 @@ async fn controller_scenario() {
     .await;
     wait_for("an event", || {
         (!api.list("events.k8s.io/v1/events").is_empty()).then_some(())
+    })
+    .await;
+    let mut d = wait_for("second deployment", || {
+        api.get("apps/v1/deployments", "default", "hello-00002-deployment")
+    })
+    .await;
+    d["status"] = json!({ "replicas": 1, "readyReplicas": 1 });
+    api.put(d);
+    wait_for("the first revision collected", || {
+        api.get("serving.knative.dev/v1/revisions", "default", "hello-00001")
+            .is_none()
+            .then_some(())
     })
     .await;
     renewed(&api).await;

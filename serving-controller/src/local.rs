@@ -32,6 +32,8 @@ pub enum ReconcileError {
 pub struct LocalConfig {
     pub network: NetworkConfig,
     pub domains: DomainConfig,
+    /// `config-gc`: which non-active revisions are deleted.
+    pub gc: serving_api::config::GcConfig,
 }
 
 impl Default for LocalConfig {
@@ -41,6 +43,7 @@ impl Default for LocalConfig {
         LocalConfig {
             network: NetworkConfig::default(),
             domains: DomainConfig::single("localhost"),
+            gc: serving_api::config::GcConfig::default(),
         }
     }
 }
@@ -310,6 +313,23 @@ pub fn reconcile_with(
             m.apply(&mut stored.metadata);
             store.apply(to_value(&stored)?)?;
             writes += 1;
+        }
+    }
+
+    // Revision garbage collection per config-gc, once the routing state above is stored.
+    let current = list::<Revision>(store, "Revision")?;
+    for config in &configs {
+        for name in crate::gc::collect(config, &current, &cfg.gc, now) {
+            let ns = config.metadata.namespace.clone().unwrap_or_default();
+            store.delete("Revision", &ns, &name)?;
+            writes += 1;
+            event(
+                store,
+                config,
+                store::events::EventType::Normal,
+                "Deleted",
+                &format!("Deleted non-active Revision {name:?} (config-gc)"),
+            );
         }
     }
 

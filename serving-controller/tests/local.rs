@@ -254,3 +254,44 @@ fn a_route_is_ready_only_once_the_gateway_routes_it() {
     assert_eq!(cond(&route, "Ready").0, "Unknown", "{route:#}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// config-gc in local mode: with max-non-active-revisions 1, the third template leaves one
+/// non-active revision (the older goes); the routed one stays.
+#[test]
+fn non_active_revisions_are_collected_per_config_gc() {
+    let dir = std::env::temp_dir().join(format!("ebb-local-gc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(&dir.join("state.redb")).unwrap();
+    let cfg = LocalConfig {
+        gc: serving_api::config::GcConfig {
+            retain_since_create_time: None,
+            retain_since_last_active_time: None,
+            min_non_active_revisions: 0,
+            max_non_active_revisions: Some(1),
+        },
+        ..LocalConfig::default()
+    };
+    for (i, image) in ["ebb/hello:1", "ebb/hello:2", "ebb/hello:3"]
+        .iter()
+        .enumerate()
+    {
+        store.apply(service(image)).unwrap();
+        settle(&store, &cfg, &now()).unwrap();
+        mark_ready(&store, &format!("hello-0000{}", i + 1));
+        settle(&store, &cfg, &now()).unwrap();
+    }
+    let names: Vec<String> = store
+        .list("Revision", None)
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        names,
+        ["hello-00002", "hello-00003"],
+        "hello-00001 collected"
+    );
+    let svc = store.get("Service", "default", "hello").unwrap().unwrap();
+    assert_eq!(svc["status"]["traffic"][0]["revisionName"], "hello-00003");
+    let _ = std::fs::remove_dir_all(&dir);
+}

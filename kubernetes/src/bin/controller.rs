@@ -24,12 +24,13 @@ use kube::api::Api;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-const CONFIG_MAPS: [&str; 5] = [
+const CONFIG_MAPS: [&str; 6] = [
     "config-defaults",
     "config-network",
     "config-domain",
     "config-deployment",
     "config-autoscaler",
+    "config-gc",
 ];
 
 fn maps(list: impl Iterator<Item = ConfigMap>) -> BTreeMap<String, BTreeMap<String, String>> {
