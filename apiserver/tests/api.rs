@@ -268,6 +268,25 @@ async fn lists_creates_and_validation() {
             .starts_with("gen-")
             && made["metadata"]["name"].as_str().unwrap().len() == 9
     );
+    // generateName for Knative's kinds: Service, Configuration and Route.
+    for (plural, kind, spec) in [
+        ("services", "Service", json!({"template": {"spec": {"containers": [{"image": "x"}]}}})),
+        ("configurations", "Configuration", json!({"template": {"spec": {"containers": [{"image": "x"}]}}})),
+        ("routes", "Route", json!({"traffic": [{"configurationName": "c", "percent": 100}]})),
+    ] {
+        let (code, _, made) = call(
+            &s,
+            "POST",
+            &format!("/apis/serving.knative.dev/v1/namespaces/default/{plural}"),
+            "application/json",
+            json!({"apiVersion": "serving.knative.dev/v1", "kind": kind,
+                "metadata": {"generateName": "gen-"}, "spec": spec}),
+        )
+        .await;
+        assert_eq!(code, 201, "{kind}: {made}");
+        let name = made["metadata"]["name"].as_str().unwrap_or_default();
+        assert!(name.starts_with("gen-") && name.len() == 9, "{kind}: {name}");
+    }
     // A dry run stores nothing.
     let (code, _, _) = call(
         &s,
