@@ -170,7 +170,8 @@ pub async fn admit(
             }
             return Admission::Refused(Refusal::new(404, format!("no route for host {host:?}")));
         };
-        let Some(revision) = target.pick(head.tag(&buf), fastrand::u32(0..100)) else {
+        let tag = table.header_tag(head.tag(&buf));
+        let Some(revision) = target.pick(tag, fastrand::u32(0..100)) else {
             return Admission::Refused(Refusal::unavailable(format!(
                 "route {} has no ready revision",
                 target.route

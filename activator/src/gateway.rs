@@ -304,6 +304,7 @@ impl Gateway {
             .and_then(|t| t.to_str().ok())
             .map(str::to_string);
         let table = self.routes.borrow().clone();
+        let tag = table.header_tag(tag.as_deref()).map(str::to_string);
         let Some(target) = table.lookup(&host, self.listener) else {
             let refusal = match table.broken(&host) {
                 Some(why) => Refusal::new(500, why),

@@ -67,6 +67,10 @@ struct HostEntry {
 #[derive(Clone, Debug, Default)]
 pub struct RoutingTable {
     hosts: HashMap<String, HostEntry>,
+    /// Whether the `Knative-Serving-Tag` header picks a tag's revision (Knative's
+    /// `tag-header-based-routing` feature; the deployments set it from config-features, whose
+    /// default is off).
+    tag_header: bool,
     /// Hosts that cannot be served, and why (a route whose record is damaged): answered at
     /// once with 500 instead of 404.
     broken: HashMap<String, String>,
@@ -98,11 +102,25 @@ fn host_of(url: &str) -> Option<String> {
 impl RoutingTable {
     /// Build the table from routes; routes without resolved traffic are skipped.
     pub fn build<'a>(routes: impl IntoIterator<Item = &'a Route>) -> RoutingTable {
-        let mut t = RoutingTable::default();
+        let mut t = RoutingTable {
+            tag_header: true,
+            ..RoutingTable::default()
+        };
         for r in routes {
             t.add(r);
         }
         t
+    }
+
+    /// Honour the tag header or not (see `tag_header`).
+    pub fn with_tag_header(mut self, on: bool) -> RoutingTable {
+        self.tag_header = on;
+        self
+    }
+
+    /// The tag a request's `Knative-Serving-Tag` header names, when tag headers route.
+    pub fn header_tag<'h>(&self, header: Option<&'h str>) -> Option<&'h str> {
+        header.filter(|_| self.tag_header)
     }
 
     fn add(&mut self, route: &Route) {

@@ -270,9 +270,21 @@ async fn lists_creates_and_validation() {
     );
     // generateName for Knative's kinds: Service, Configuration and Route.
     for (plural, kind, spec) in [
-        ("services", "Service", json!({"template": {"spec": {"containers": [{"image": "x"}]}}})),
-        ("configurations", "Configuration", json!({"template": {"spec": {"containers": [{"image": "x"}]}}})),
-        ("routes", "Route", json!({"traffic": [{"configurationName": "c", "percent": 100}]})),
+        (
+            "services",
+            "Service",
+            json!({"template": {"spec": {"containers": [{"image": "x"}]}}}),
+        ),
+        (
+            "configurations",
+            "Configuration",
+            json!({"template": {"spec": {"containers": [{"image": "x"}]}}}),
+        ),
+        (
+            "routes",
+            "Route",
+            json!({"traffic": [{"configurationName": "c", "percent": 100}]}),
+        ),
     ] {
         let (code, _, made) = call(
             &s,
@@ -285,7 +297,10 @@ async fn lists_creates_and_validation() {
         .await;
         assert_eq!(code, 201, "{kind}: {made}");
         let name = made["metadata"]["name"].as_str().unwrap_or_default();
-        assert!(name.starts_with("gen-") && name.len() == 9, "{kind}: {name}");
+        assert!(
+            name.starts_with("gen-") && name.len() == 9,
+            "{kind}: {name}"
+        );
     }
     // A dry run stores nothing.
     let (code, _, _) = call(

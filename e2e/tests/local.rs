@@ -134,7 +134,9 @@ fn overload_into_a_cold_cc1_revision_all_answered() {
 
 #[test]
 fn revisions_split_tags_rollback_and_named_revisions() {
-    let ebb = Ebb::start();
+    // Tag headers route only with Knative's tag-header-based-routing feature (off by default).
+    let config = config_with_features(&[("tag-header-based-routing", "enabled")]);
+    let ebb = Ebb::start_with(&["--config", config.to_str().unwrap()]);
     ebb.apply(&service_yaml("web", "hello", &[], &[("TARGET", "one")]));
     let out = ebb.ok(&["service", "update", "web", "--env", "TARGET=two"]);
     assert!(out.contains("Service 'web' configured"), "{out}");
@@ -452,7 +454,9 @@ fn rollout_under_steady_load_loses_nothing() {
 /// saying what would honour them.
 #[test]
 fn env_from_config_maps_secrets_and_fields() {
-    let ebb = Ebb::start();
+    // Env from the pod's fields needs Knative's kubernetes.podspec-fieldref feature.
+    let config = config_with_features(&[("kubernetes.podspec-fieldref", "enabled")]);
+    let ebb = Ebb::start_with(&["--config", config.to_str().unwrap()]);
     let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  MODE: fast\n  LEVEL: \"3\"\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  PASSWORD: s3cret\n---\napiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: info\n  labels:\n    team: blue\nspec:\n  template:\n    spec:\n      containers:\n        - image: ebb/runtime-info\n          command: [\"runtime-info\"]\n          envFrom:\n            - configMapRef: {name: settings}\n              prefix: CFG_\n          env:\n            - name: PASSWORD\n              valueFrom: {secretKeyRef: {name: creds, key: PASSWORD}}\n            - name: MODE\n              valueFrom: {configMapKeyRef: {name: settings, key: MODE}}\n            - name: POD\n              valueFrom: {fieldRef: {fieldPath: metadata.name}}\n            - name: NS\n              valueFrom: {fieldRef: {fieldPath: metadata.namespace}}\n";
     ebb.apply(yaml);
     let rt = rt();
@@ -613,4 +617,68 @@ fn ready_services_answer_their_first_request_under_parallel_applies() {
         }
         assert!(failures.is_empty(), "{failures:#?}");
     });
+}
+
+/// config-features in local mode: with Knative's defaults a gated field is refused at
+/// admission naming its flag and the tag header does not route; a flag turned on lets its field
+/// through, and local mode then refuses what one machine cannot honour, naming the field.
+#[test]
+fn config_features_gate_fields_and_tag_headers() {
+    let ebb = Ebb::start();
+    let field_ref = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: pod\nspec:\n  template:\n    spec:\n      containers:\n        - image: ebb/hello\n          command: [\"hello\"]\n          env:\n            - name: POD\n              valueFrom: {fieldRef: {fieldPath: metadata.name}}\n";
+    let out = ebb.cli_stdin(&["apply", "-f", "-"], Some(field_ref));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("valueFrom.fieldRef") && err.contains("kubernetes.podspec-fieldref"),
+        "{err}"
+    );
+    // Two revisions, the first tagged "old" at 0%: the tag header is ignored by default.
+    ebb.apply(&service_yaml("web", "hello", &[], &[("TARGET", "one")]));
+    ebb.ok(&["service", "update", "web", "--env", "TARGET=two"]);
+    ebb.ok(&["service", "update", "web", "--tag", "web-00001=old"]);
+    let rt = rt();
+    let tagged = |ebb: &Ebb| {
+        rt.block_on(async {
+            let req = http::Request::get(format!("http://{}/", ebb.gateway))
+                .header("host", ebb.host("web"))
+                .header("knative-serving-tag", "old")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let resp = http_client().request(req).await.unwrap();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            String::from_utf8_lossy(&body).to_string()
+        })
+    };
+    assert_eq!(
+        tagged(&ebb),
+        "Hello two! (web-00002)\n",
+        "the header is ignored"
+    );
+    drop(ebb);
+
+    let config = config_with_features(&[
+        ("kubernetes.podspec-nodeselector", "enabled"),
+        ("tag-header-based-routing", "enabled"),
+    ]);
+    let ebb = Ebb::start_with(&["--config", config.to_str().unwrap()]);
+    ebb.apply(&service_yaml("web", "hello", &[], &[("TARGET", "one")]));
+    ebb.ok(&["service", "update", "web", "--env", "TARGET=two"]);
+    ebb.ok(&["service", "update", "web", "--tag", "web-00001=old"]);
+    assert_eq!(
+        tagged(&ebb),
+        "Hello one! (web-00001)\n",
+        "the header routes"
+    );
+    let placed = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: placed\nspec:\n  template:\n    spec:\n      nodeSelector: {disk: ssd}\n      containers:\n        - image: ebb/hello\n          command: [\"hello\"]\n";
+    let out = ebb.cli_stdin(&["apply", "-f", "-", "--wait-timeout", "30s"], Some(placed));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("spec.nodeSelector") && err.contains("local mode"),
+        "{err}"
+    );
 }

@@ -64,6 +64,7 @@ pub struct Settings {
     pub domains: DomainConfig,
     pub deployment: DeploymentConfig,
     pub gc: serving_api::config::GcConfig,
+    pub features: serving_api::config::FeaturesConfig,
 }
 
 impl Default for Settings {
@@ -76,6 +77,7 @@ impl Default for Settings {
             domains: local.domains,
             deployment: DeploymentConfig::default(),
             gc: local.gc,
+            features: Default::default(),
         }
     }
 }
@@ -106,9 +108,12 @@ impl Settings {
                 "config-domain" => DomainConfig::from_map(&data).map(|c| s.domains = c),
                 "config-deployment" => DeploymentConfig::from_map(&data).map(|c| s.deployment = c),
                 "config-gc" => serving_api::config::GcConfig::from_map(&data).map(|c| s.gc = c),
+                "config-features" => {
+                    serving_api::config::FeaturesConfig::from_map(&data).map(|c| s.features = c)
+                }
                 other => {
                     errors.push(format!(
-                        "config map {other:?}: not one local mode reads (config-defaults, config-autoscaler, config-network, config-domain, config-deployment, config-gc)"
+                        "config map {other:?}: not one local mode reads (config-defaults, config-autoscaler, config-network, config-domain, config-deployment, config-gc, config-features)"
                     ));
                     Ok(())
                 }
@@ -129,6 +134,7 @@ impl Settings {
             defaults: self.defaults.clone(),
             autoscaler: self.autoscaler.clone(),
             network: self.network.clone(),
+            features: self.features.clone(),
         }
     }
 
@@ -137,6 +143,7 @@ impl Settings {
             network: self.network.clone(),
             domains: self.domains.clone(),
             gc: self.gc.clone(),
+            features: self.features.clone(),
         }
     }
 }
@@ -458,7 +465,8 @@ async fn control_loop(
             .into_iter()
             .filter_map(|v| serde_json::from_value(v).ok())
             .collect();
-        let mut table = RoutingTable::build(list.iter());
+        let mut table = RoutingTable::build(list.iter())
+            .with_tag_header(cfg.features.on("tag-header-based-routing", None));
         mark_damaged(&store, &cfg, &mut table, &revisions, &mut broken_revisions);
         routes.send_replace(Arc::new(table));
         if let Some(tx) = synced.take() {

@@ -74,6 +74,7 @@ pub struct Configs {
     pub deployment: DeploymentConfig,
     pub autoscaler: AutoscalerConfig,
     pub gc: serving_api::config::GcConfig,
+    pub features: serving_api::config::FeaturesConfig,
 }
 
 impl Configs {
@@ -97,6 +98,11 @@ impl Configs {
         read!(deployment, DeploymentConfig, "config-deployment");
         read!(autoscaler, AutoscalerConfig, "config-autoscaler");
         read!(gc, serving_api::config::GcConfig, "config-gc");
+        read!(
+            features,
+            serving_api::config::FeaturesConfig,
+            "config-features"
+        );
         if errors.is_empty() {
             Ok(c)
         } else {
@@ -204,6 +210,7 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
         defaults: cfg.defaults.clone(),
         autoscaler: cfg.autoscaler.clone(),
         network: cfg.network.clone(),
+        features: cfg.features.clone(),
     };
     if let Err(errors) = serving_api::validation::validate_service(&svc, &rules) {
         // What Knative's webhook would have refused: reported on the Service, children left

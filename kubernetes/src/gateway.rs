@@ -25,16 +25,21 @@ use crate::endpoints::{by_revision, serving_addrs};
 use crate::mirror::mirror;
 
 /// Keep the routing table, revision settings and instances in line with the API.
+/// `tag_header`: whether `Knative-Serving-Tag` routes (config-features'
+/// `tag-header-based-routing`).
 pub async fn watch_inputs(
     client: kube::Client,
     routes: watch::Sender<Arc<RoutingTable>>,
     revisions: Arc<Revisions>,
+    tag_header: bool,
 ) {
     let route_watch = mirror(
         Api::<Route>::all(client.clone()),
         watcher::Config::default(),
         move |snapshot| {
-            routes.send_replace(Arc::new(RoutingTable::build(snapshot.values())));
+            routes.send_replace(Arc::new(
+                RoutingTable::build(snapshot.values()).with_tag_header(tag_header),
+            ));
         },
     );
     let settings = {

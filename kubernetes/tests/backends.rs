@@ -227,7 +227,12 @@ async fn a_request_at_zero_wakes_the_deployment_through_the_api_and_is_answered(
     let (routes_tx, routes_rx) = watch::channel(Arc::new(RoutingTable::default()));
     let (targets_tx, targets_rx) = watch::channel(Vec::new());
     let reporter = Reporter::new(targets_rx);
-    tokio::spawn(gateway_inputs(client.clone(), routes_tx, revisions.clone()));
+    tokio::spawn(gateway_inputs(
+        client.clone(),
+        routes_tx,
+        revisions.clone(),
+        false,
+    ));
     tokio::spawn({
         let client = client.clone();
         async move { watch_autoscalers(client, "ebb-system", "ebb-autoscaler", targets_tx).await }

@@ -81,6 +81,8 @@ pub struct ValidationConfig {
     pub defaults: DefaultsConfig,
     pub autoscaler: AutoscalerConfig,
     pub network: NetworkConfig,
+    /// `config-features`: the PodSpec fields Knative gates behind flags.
+    pub features: crate::config::FeaturesConfig,
 }
 
 /// Ports the queue-proxy owns inside every instance (serving, h2c, admin, stats, user metrics).
@@ -203,7 +205,7 @@ pub fn validate_revision(r: &Revision, cfg: &ValidationConfig) -> Result<(), Val
     let empty = BTreeMap::new();
     let annotations = r.metadata.annotations.as_ref().unwrap_or(&empty);
     scaling(annotations, &r.spec, "metadata.annotations", cfg, &mut e);
-    revision_spec(&r.spec, "spec", cfg, &mut e);
+    revision_spec(&r.spec, "spec", Some(annotations), cfg, &mut e);
     e.finish()
 }
 
@@ -259,7 +261,7 @@ fn template(
         cfg,
         e,
     );
-    revision_spec(&t.spec, &format!("{path}.spec"), cfg, e);
+    revision_spec(&t.spec, &format!("{path}.spec"), Some(annotations), cfg, e);
 }
 
 fn scaling(
@@ -277,7 +279,236 @@ fn scaling(
     }
 }
 
-fn revision_spec(spec: &RevisionSpec, path: &str, cfg: &ValidationConfig, e: &mut Errors) {
+/// Knative's PodSpec fields behind config-features flags (field, flag, set?), and the fields its
+/// PodSpec mask never lets through.
+fn pod_fields(
+    spec: &RevisionSpec,
+    path: &str,
+    annotations: Option<&BTreeMap<String, String>>,
+    cfg: &ValidationConfig,
+    e: &mut Errors,
+) {
+    let p = &spec.pod;
+    let gated: [(&str, &str, bool); 16] = [
+        (
+            "affinity",
+            "kubernetes.podspec-affinity",
+            p.affinity.is_some(),
+        ),
+        (
+            "topologySpreadConstraints",
+            "kubernetes.podspec-topologyspreadconstraints",
+            p.topology_spread_constraints
+                .as_ref()
+                .is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "hostAliases",
+            "kubernetes.podspec-hostaliases",
+            p.host_aliases.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "nodeSelector",
+            "kubernetes.podspec-nodeselector",
+            p.node_selector.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "runtimeClassName",
+            "kubernetes.podspec-runtimeclassname",
+            p.runtime_class_name.is_some(),
+        ),
+        (
+            "securityContext",
+            "kubernetes.podspec-securitycontext",
+            p.security_context.is_some(),
+        ),
+        (
+            "shareProcessNamespace",
+            "kubernetes.podspec-shareprocessnamespace",
+            p.share_process_namespace.is_some(),
+        ),
+        (
+            "hostIPC",
+            "kubernetes.podspec-hostipc",
+            p.host_ipc == Some(true),
+        ),
+        (
+            "hostPID",
+            "kubernetes.podspec-hostpid",
+            p.host_pid == Some(true),
+        ),
+        (
+            "hostNetwork",
+            "kubernetes.podspec-hostnetwork",
+            p.host_network == Some(true),
+        ),
+        (
+            "priorityClassName",
+            "kubernetes.podspec-priorityclassname",
+            p.priority_class_name.is_some(),
+        ),
+        (
+            "schedulerName",
+            "kubernetes.podspec-schedulername",
+            p.scheduler_name.is_some(),
+        ),
+        (
+            "tolerations",
+            "kubernetes.podspec-tolerations",
+            p.tolerations.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "initContainers",
+            "kubernetes.podspec-init-containers",
+            p.init_containers.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "dnsPolicy",
+            "kubernetes.podspec-dnspolicy",
+            p.dns_policy.is_some(),
+        ),
+        (
+            "dnsConfig",
+            "kubernetes.podspec-dnsconfig",
+            p.dns_config.is_some(),
+        ),
+    ];
+    for (field, flag, set) in gated {
+        if set && !cfg.features.on(flag, annotations) {
+            e.push(
+                format!("{path}.{field}"),
+                format!("must not be set: Knative gates it behind the {flag:?} feature (config-features)"),
+            );
+        }
+    }
+    if spec.pod.containers.len() > 1 && !cfg.features.on("multi-container", annotations) {
+        e.push(
+            format!("{path}.containers"),
+            "only one container is allowed: the \"multi-container\" feature is disabled (config-features)",
+        );
+    }
+    if !cfg
+        .features
+        .on("kubernetes.podspec-volumes-emptydir", annotations)
+    {
+        for (i, v) in p.volumes.iter().flatten().enumerate() {
+            if v.empty_dir.is_some() {
+                e.push(
+                    format!("{path}.volumes[{i}].emptyDir"),
+                    "must not be set: the \"kubernetes.podspec-volumes-emptydir\" feature is disabled (config-features)",
+                );
+            }
+        }
+    }
+    let never: [(&str, bool); 15] = [
+        ("nodeName", p.node_name.is_some()),
+        ("restartPolicy", p.restart_policy.is_some()),
+        ("activeDeadlineSeconds", p.active_deadline_seconds.is_some()),
+        (
+            "terminationGracePeriodSeconds",
+            p.termination_grace_period_seconds.is_some(),
+        ),
+        ("hostname", p.hostname.is_some()),
+        ("subdomain", p.subdomain.is_some()),
+        ("overhead", p.overhead.is_some()),
+        ("preemptionPolicy", p.preemption_policy.is_some()),
+        (
+            "readinessGates",
+            p.readiness_gates.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "ephemeralContainers",
+            p.ephemeral_containers
+                .as_ref()
+                .is_some_and(|v| !v.is_empty()),
+        ),
+        ("os", p.os.is_some()),
+        ("setHostnameAsFQDN", p.set_hostname_as_fqdn.is_some()),
+        (
+            "schedulingGates",
+            p.scheduling_gates.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "resourceClaims",
+            p.resource_claims.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        ("hostUsers", p.host_users.is_some()),
+    ];
+    for (field, set) in never {
+        if set {
+            e.push(
+                format!("{path}.{field}"),
+                "must not be set: not part of a Knative revision's pod (the platform owns it)",
+            );
+        }
+    }
+    // Per container: env from pod fields, added capabilities, sidecars' probes.
+    let serving = spec.serving_container_index();
+    for (i, c) in p.containers.iter().enumerate() {
+        let cp = format!("{path}.containers[{i}]");
+        if !cfg.features.on("kubernetes.podspec-fieldref", annotations) {
+            for (j, env) in c.env.iter().flatten().enumerate() {
+                let from = env.value_from.as_ref();
+                for (kind, set) in [
+                    ("fieldRef", from.is_some_and(|f| f.field_ref.is_some())),
+                    (
+                        "resourceFieldRef",
+                        from.is_some_and(|f| f.resource_field_ref.is_some()),
+                    ),
+                ] {
+                    if set {
+                        e.push(
+                            format!("{cp}.env[{j}].valueFrom.{kind}"),
+                            "must not be set: the \"kubernetes.podspec-fieldref\" feature is disabled (config-features)",
+                        );
+                    }
+                }
+            }
+        }
+        if !cfg
+            .features
+            .on("kubernetes.containerspec-addcapabilities", annotations)
+        {
+            let added = c
+                .security_context
+                .as_ref()
+                .and_then(|s| s.capabilities.as_ref())
+                .and_then(|c| c.add.as_ref());
+            for (j, cap) in added.into_iter().flatten().enumerate() {
+                if cap != "NET_BIND_SERVICE" {
+                    e.invalid(
+                        format!("{cp}.securityContext.capabilities.add[{j}]"),
+                        cap,
+                        "only NET_BIND_SERVICE may be added: the \"kubernetes.containerspec-addcapabilities\" feature is disabled (config-features)",
+                    );
+                }
+            }
+        }
+        if Some(i) != serving && !cfg.features.on("multi-container-probing", annotations) {
+            for (probe, set) in [
+                ("readinessProbe", c.readiness_probe.is_some()),
+                ("livenessProbe", c.liveness_probe.is_some()),
+                ("startupProbe", c.startup_probe.is_some()),
+            ] {
+                if set {
+                    e.push(
+                        format!("{cp}.{probe}"),
+                        "must not be set on a sidecar: the \"multi-container-probing\" feature is disabled (config-features)",
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn revision_spec(
+    spec: &RevisionSpec,
+    path: &str,
+    annotations: Option<&BTreeMap<String, String>>,
+    cfg: &ValidationConfig,
+    e: &mut Errors,
+) {
+    pod_fields(spec, path, annotations, cfg, e);
     let d = &cfg.defaults;
     if let Some(cc) = spec.container_concurrency {
         let min = if d.allow_container_concurrency_zero {

@@ -156,7 +156,10 @@ fn service_rules() {
             service(
                 "  template:\n    spec:\n      initContainers:\n        - name: init\n      containers:\n        - image: app\n",
             ),
-            vec!["spec.template.spec.initContainers[0].image: required"],
+            vec![
+                "spec.template.spec.initContainers: must not be set: Knative gates it behind the \"kubernetes.podspec-init-containers\" feature (config-features)",
+                "spec.template.spec.initContainers[0].image: required",
+            ],
         ),
         (
             "stdin",

@@ -34,6 +34,8 @@ pub struct LocalConfig {
     pub domains: DomainConfig,
     /// `config-gc`: which non-active revisions are deleted.
     pub gc: serving_api::config::GcConfig,
+    /// `config-features` (the gateway's tag-header routing).
+    pub features: serving_api::config::FeaturesConfig,
 }
 
 impl Default for LocalConfig {
@@ -44,6 +46,7 @@ impl Default for LocalConfig {
             network: NetworkConfig::default(),
             domains: DomainConfig::single("localhost"),
             gc: serving_api::config::GcConfig::default(),
+            features: serving_api::config::FeaturesConfig::default(),
         }
     }
 }

@@ -37,6 +37,24 @@ pub fn config_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fast-autoscaler.yaml")
 }
 
+/// The test config (`config_file`) plus a config-features map with these flags, as a file.
+pub fn config_with_features(flags: &[(&str, &str)]) -> PathBuf {
+    let mut doc = std::fs::read_to_string(config_file()).expect("test config");
+    doc.push_str(
+        "\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-features\ndata:\n",
+    );
+    for (k, v) in flags {
+        doc.push_str(&format!("  {k}: \"{v}\"\n"));
+    }
+    let path = std::env::temp_dir().join(format!(
+        "ebb-e2e-config-{}-{}.yaml",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::write(&path, doc).expect("config file");
+    path
+}
+
 pub struct Ebb {
     pub state: PathBuf,
     pub child: Option<Child>,
@@ -107,8 +125,11 @@ impl Ebb {
             .arg("--state")
             .arg(&self.state)
             .args(["local", "up", "--listen", "127.0.0.1:0", "--grace", "5s"])
-            .arg("--config")
-            .arg(config_file())
+            .args(if self.extra.iter().any(|a| a == "--config") {
+                vec![]
+            } else {
+                vec!["--config".into(), config_file().into_os_string()]
+            })
             .args(&self.extra)
             // The example apps run as host programs unless a test asks for podman (`auto`, the
             // default, would pick podman where it works).

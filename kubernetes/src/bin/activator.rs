@@ -45,6 +45,19 @@ async fn run() -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("EBB_GRACE: must be a whole number of seconds"))?,
     );
     let client = ebb_kubernetes::client().await?;
+    // config-features, read once at start (a change takes a restart): tag-header routing.
+    let features = {
+        let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+            kube::Api::namespaced(client.clone(), &namespace);
+        let data = cms
+            .get_opt(serving_api::config::features::NAME)
+            .await
+            .map_err(|e| anyhow::anyhow!("config-features in {namespace}: {e}"))?
+            .and_then(|cm| cm.data)
+            .unwrap_or_default();
+        serving_api::config::FeaturesConfig::from_map(&data).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    let tag_header = features.on("tag-header-based-routing", None);
     let public = bind("EBB_ACTIVATOR_ADDRESS", "0.0.0.0:8080").await?;
     let internal = bind("EBB_ACTIVATOR_INTERNAL_ADDRESS", "0.0.0.0:8081").await?;
     let metrics_listener = bind("EBB_ACTIVATOR_METRICS_ADDRESS", "0.0.0.0:9090").await?;
@@ -95,7 +108,12 @@ async fn run() -> anyhow::Result<()> {
         )),
     ];
     let background = [
-        tokio::spawn(watch_inputs(client.clone(), routes_tx, revisions.clone())),
+        tokio::spawn(watch_inputs(
+            client.clone(),
+            routes_tx,
+            revisions.clone(),
+            tag_header,
+        )),
         tokio::spawn({
             let client = client.clone();
             async move { watch_autoscalers(client, &namespace, &autoscaler_service, targets_tx).await }

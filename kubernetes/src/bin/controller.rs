@@ -24,13 +24,14 @@ use kube::api::Api;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-const CONFIG_MAPS: [&str; 6] = [
+const CONFIG_MAPS: [&str; 7] = [
     "config-defaults",
     "config-network",
     "config-domain",
     "config-deployment",
     "config-autoscaler",
     "config-gc",
+    "config-features",
 ];
 
 fn maps(list: impl Iterator<Item = ConfigMap>) -> BTreeMap<String, BTreeMap<String, String>> {

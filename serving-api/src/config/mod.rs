@@ -13,6 +13,7 @@ pub mod autoscaler;
 pub mod defaults;
 pub mod deployment;
 pub mod domain;
+pub mod features;
 pub mod gc;
 pub mod network;
 
@@ -20,6 +21,7 @@ pub use autoscaler::AutoscalerConfig;
 pub use defaults::DefaultsConfig;
 pub use deployment::DeploymentConfig;
 pub use domain::DomainConfig;
+pub use features::FeaturesConfig;
 pub use gc::GcConfig;
 pub use network::NetworkConfig;
 
