@@ -682,3 +682,46 @@ fn config_features_gate_fields_and_tag_headers() {
         "{err}"
     );
 }
+
+/// Gradual rollout through a real `ebb` (config-network rollout-duration 3s): after an update,
+/// the Route's status shows the traffic split between the new and the old revision, then all of
+/// it on the new one; requests succeed throughout; the Service is Ready once it migrated.
+#[test]
+fn a_new_revision_rolls_out_gradually() {
+    let config = config_with("config-network", &[("rollout-duration", "3s")]);
+    let ebb = Ebb::start_with(&["--config", config.to_str().unwrap()]);
+    ebb.apply(&service_yaml("roll", "hello", &[], &[("TARGET", "one")]));
+    // The Service is Ready again once the traffic has migrated (TrafficNotMigrated until then,
+    // as Knative reports it): the update does not wait.
+    ebb.ok(&[
+        "service",
+        "update",
+        "roll",
+        "--env",
+        "TARGET=two",
+        "--no-wait",
+    ]);
+    let traffic = || ebb.get_json("route", "roll")["status"]["traffic"].clone();
+    let mut saw_split = false;
+    let rt = rt();
+    wait_until("all traffic on roll-00002", Duration::from_secs(30), || {
+        let t = traffic();
+        if t.as_array().is_some_and(|a| a.len() == 2) {
+            assert_eq!(t[0]["revisionName"], "roll-00002", "{t}");
+            assert_eq!(t[1]["revisionName"], "roll-00001", "{t}");
+            saw_split = true;
+        }
+        let (code, _) = rt.block_on(request(&http_client(), ebb.gateway, &ebb.host("roll"), "/"));
+        assert_eq!(code, 200);
+        t == serde_json::json!([{"revisionName": "roll-00002", "latestRevision": true, "percent": 100}])
+    });
+    assert!(saw_split, "the traffic moved in steps");
+    wait_until("the Service Ready", Duration::from_secs(10), || {
+        let svc = ebb.get_json("ksvc", "roll");
+        svc["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
+}

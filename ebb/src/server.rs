@@ -472,6 +472,17 @@ async fn control_loop(
         if let Some(tx) = synced.take() {
             let _ = tx.send(());
         }
+        // A rollout in progress wakes the loop at its next step; else every 5 s.
+        let idle = list
+            .iter()
+            .filter_map(|r| serving_controller::rollout::Rollout::of(r)?.next_step())
+            .min()
+            .map_or(Duration::from_secs(5), |due| {
+                let wait = due.duration_since(jiff::Timestamp::now());
+                Duration::try_from(wait)
+                    .unwrap_or(Duration::ZERO)
+                    .clamp(Duration::from_millis(50), Duration::from_secs(5))
+            });
         // The table now routes what the stored Routes say: another pass marks them Ready.
         let now_programmed = Programmed::of(list.iter());
         if now_programmed != programmed {
@@ -487,7 +498,7 @@ async fn control_loop(
                 // Coalesce a burst of changes into one pass.
                 while events.try_recv().is_ok() {}
             }
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(idle) => {}
         }
     }
 }

@@ -622,7 +622,55 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
         domains: &cfg.domains,
         ingress: &IngressState::Ready,
     };
-    let status = route_status(&route, &inputs);
+    let mut status = route_status(&route, &inputs);
+    // Gradual rollout: traffic to a new latest revision in steps; the state on the Route.
+    let now = Time(jiff::Timestamp::now());
+    let assigned = status.conditions.iter().any(|c| {
+        c.type_ == serving_api::route::conditions::ALL_TRAFFIC_ASSIGNED
+            && c.status == serving_api::condition::ConditionStatus::True
+    });
+    let mut next_step = None;
+    if assigned {
+        let total = serving_controller::rollout::duration(&route, cfg.network.rollout_duration);
+        let existing = |n: &str| {
+            revisions
+                .iter()
+                .any(|r| r.metadata.name.as_deref() == Some(n))
+        };
+        let previous = route
+            .status
+            .as_ref()
+            .map(|s| s.fields.traffic.clone())
+            .unwrap_or_default();
+        let (traffic, state) = serving_controller::rollout::advance(
+            &route,
+            status.fields.traffic.clone(),
+            &previous,
+            &existing,
+            total,
+            now.0,
+        );
+        status.fields.traffic = traffic;
+        next_step = state.next_step();
+        let want = state.annotation();
+        let have = route
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(serving_controller::rollout::ROLLOUT_STATE))
+            .cloned();
+        if want != have {
+            Api::<Route>::namespaced(ctx.client.clone(), &ns)
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {
+                        serving_controller::rollout::ROLLOUT_STATE: want
+                    }}})),
+                )
+                .await?;
+        }
+    }
     let mut with_status = route.as_ref().clone();
     with_status.status = Some(status.clone());
     let ingresses = Api::<Ingress>::namespaced(ctx.client.clone(), &ns);
@@ -659,7 +707,13 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
                 .await?;
         }
     }
-    Ok(Action::requeue(Duration::from_secs(30)))
+    // A rollout in progress comes back at its next step.
+    let again = next_step.map_or(Duration::from_secs(30), |due| {
+        Duration::try_from(due.duration_since(jiff::Timestamp::now()))
+            .unwrap_or(Duration::ZERO)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30))
+    });
+    Ok(Action::requeue(again))
 }
 
 async fn publish<K: Resource<DynamicType = ()>>(

@@ -499,3 +499,52 @@ async fn non_active_revisions_are_collected_per_config_gc() {
     assert!(api.get(REVISIONS, "default", "hello-00002").is_some());
     assert!(api.get(REVISIONS, "default", "hello-00003").is_some());
 }
+
+/// Gradual rollout on Kubernetes (config-network rollout-duration 2s): the new revision first
+/// takes half of the traffic, the state kept on the Route, then all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_revision_rolls_out_in_steps() {
+    let api = start_with(&[("config-network", "rollout-duration", "2s")]).await;
+    api.put(service("one", None));
+    eventually("deployment", || {
+        api.get(DEPLOYMENTS, "default", "hello-00001-deployment")
+    })
+    .await;
+    deployment_ready(&api, "hello-00001");
+    eventually("traffic on the first revision", || {
+        api.get(ROUTES, "default", "hello")
+            .filter(|r| r["status"]["traffic"][0]["revisionName"] == "hello-00001")
+    })
+    .await;
+    update(&api, service("two", None));
+    eventually("second deployment", || {
+        api.get(DEPLOYMENTS, "default", "hello-00002-deployment")
+    })
+    .await;
+    deployment_ready(&api, "hello-00002");
+    let halfway = eventually("half of the traffic on the new revision", || {
+        api.get(ROUTES, "default", "hello").filter(|r| {
+            r["status"]["traffic"]
+                .as_array()
+                .is_some_and(|t| t.len() == 2)
+        })
+    })
+    .await;
+    assert_eq!(
+        halfway["status"]["traffic"],
+        json!([
+            {"revisionName": "hello-00002", "latestRevision": true, "percent": 50},
+            {"revisionName": "hello-00001", "latestRevision": true, "percent": 50},
+        ]),
+        "{halfway:#}"
+    );
+    assert!(halfway["metadata"]["annotations"]["serving.knative.dev/rollout"].is_string());
+    let done = eventually("all of it on the new revision", || {
+        api.get(ROUTES, "default", "hello").filter(|r| {
+            r["status"]["traffic"]
+                == json!([{"revisionName": "hello-00002", "latestRevision": true, "percent": 100}])
+        })
+    })
+    .await;
+    assert!(done["metadata"]["annotations"]["serving.knative.dev/rollout"].is_null());
+}

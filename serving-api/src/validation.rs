@@ -228,6 +228,17 @@ fn routable_metadata(meta: &ObjectMeta, e: &mut Errors) {
             }
         }
     }
+    let key = "serving.knative.dev/rollout-duration";
+    if let Some(v) = meta.annotations.as_ref().and_then(|a| a.get(key))
+        && v.trim().parse::<u64>().is_err()
+        && crate::duration::parse(v).is_err()
+    {
+        e.invalid(
+            format!("metadata.annotations.{key}"),
+            v,
+            "must be a duration (380s, 5m) or a number of seconds",
+        );
+    }
 }
 
 fn template(

@@ -10,6 +10,7 @@ pub mod gc;
 pub mod local;
 pub mod meta;
 pub mod revision;
+pub mod rollout;
 pub mod route;
 pub mod service;
 pub mod workload;

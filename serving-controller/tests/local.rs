@@ -295,3 +295,81 @@ fn non_active_revisions_are_collected_per_config_gc() {
     assert_eq!(svc["status"]["traffic"][0]["revisionName"], "hello-00003");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Gradual rollout (config-network rollout-duration 10s): a new latest revision takes traffic
+/// in 10% steps a second apart, visible in the Route's status, the state kept on the Route (so
+/// a restart resumes it), until all of it is on the new revision.
+#[test]
+fn a_new_revision_takes_traffic_in_steps_over_the_rollout_duration() {
+    let dir = std::env::temp_dir().join(format!("ebb-local-rollout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(&dir.join("state.redb")).unwrap();
+    let mut cfg = LocalConfig::default();
+    cfg.network.rollout_duration = std::time::Duration::from_secs(10);
+    let at = |s: i64| Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + s).unwrap());
+    store.apply(service("ebb/hello:1")).unwrap();
+    settle(&store, &cfg, &at(0)).unwrap();
+    mark_ready(&store, "hello-00001");
+    settle(&store, &cfg, &at(0)).unwrap();
+    let split = |store: &Store| -> Vec<(String, i64)> {
+        let route = store.get("Route", "default", "hello").unwrap().unwrap();
+        route["status"]["traffic"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["revisionName"].as_str().unwrap().to_string(),
+                    t["percent"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        split(&store),
+        [("hello-00001".to_string(), 100)],
+        "the first revision at once"
+    );
+
+    store.apply(service("ebb/hello:2")).unwrap();
+    settle(&store, &cfg, &at(0)).unwrap();
+    mark_ready(&store, "hello-00002");
+    settle(&store, &cfg, &at(0)).unwrap();
+    assert_eq!(
+        split(&store),
+        [
+            ("hello-00002".to_string(), 10),
+            ("hello-00001".to_string(), 90)
+        ]
+    );
+    let route = store.get("Route", "default", "hello").unwrap().unwrap();
+    assert!(
+        route["metadata"]["annotations"]["serving.knative.dev/rollout"].is_string(),
+        "{route:#}"
+    );
+    // Not yet due: nothing moves.
+    settle(&store, &cfg, &at(0)).unwrap();
+    assert_eq!(split(&store)[0].1, 10);
+    for s in 1..=8 {
+        settle(&store, &cfg, &at(s)).unwrap();
+        assert_eq!(
+            split(&store),
+            [
+                ("hello-00002".to_string(), 10 + 10 * s),
+                ("hello-00001".to_string(), 90 - 10 * s)
+            ],
+            "after {s} s"
+        );
+    }
+    settle(&store, &cfg, &at(9)).unwrap();
+    assert_eq!(
+        split(&store),
+        [("hello-00002".to_string(), 100)],
+        "rolled out"
+    );
+    let route = store.get("Route", "default", "hello").unwrap().unwrap();
+    assert!(route["metadata"]["annotations"]["serving.knative.dev/rollout"].is_null());
+    let svc = store.get("Service", "default", "hello").unwrap().unwrap();
+    assert_eq!(cond(&svc, "Ready").0, "True");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -39,11 +39,16 @@ pub fn config_file() -> PathBuf {
 
 /// The test config (`config_file`) plus a config-features map with these flags, as a file.
 pub fn config_with_features(flags: &[(&str, &str)]) -> PathBuf {
+    config_with("config-features", flags)
+}
+
+/// The test config (`config_file`) plus one more config map (not one it already has), as a file.
+pub fn config_with(map: &str, data: &[(&str, &str)]) -> PathBuf {
     let mut doc = std::fs::read_to_string(config_file()).expect("test config");
-    doc.push_str(
-        "\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-features\ndata:\n",
-    );
-    for (k, v) in flags {
+    doc.push_str(&format!(
+        "\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {map}\ndata:\n"
+    ));
+    for (k, v) in data {
         doc.push_str(&format!("  {k}: \"{v}\"\n"));
     }
     let path = std::env::temp_dir().join(format!(

@@ -20,6 +20,8 @@ pub struct NetworkConfig {
     /// `ingress-class`: the Kubernetes IngressClass set on generated Ingresses (empty: the
     /// cluster's default class).
     pub ingress_class: String,
+    /// `rollout-duration`: how long traffic takes to move to a new latest revision (0: at once).
+    pub rollout_duration: std::time::Duration,
 }
 
 impl Default for NetworkConfig {
@@ -29,6 +31,7 @@ impl Default for NetworkConfig {
             tag_template: DEFAULT_TAG_TEMPLATE.into(),
             default_external_scheme: "http".into(),
             ingress_class: String::new(),
+            rollout_duration: std::time::Duration::ZERO,
         }
     }
 }
@@ -41,6 +44,20 @@ impl NetworkConfig {
         r.string("tag-template", &mut c.tag_template);
         r.string("default-external-scheme", &mut c.default_external_scheme);
         r.string("ingress-class", &mut c.ingress_class);
+        if let Some(v) = r.raw("rollout-duration") {
+            match v
+                .parse::<u64>()
+                .map(std::time::Duration::from_secs)
+                .or_else(|_| crate::duration::parse(v))
+            {
+                Ok(d) => c.rollout_duration = d,
+                Err(_) => r.error(
+                    "rollout-duration",
+                    v,
+                    "must be a duration (380s, 5m) or a number of seconds",
+                ),
+            }
+        }
         let sample = crate::naming::TemplateValues {
             name: "name",
             namespace: "namespace",
