@@ -112,6 +112,29 @@ impl RoutingTable {
         t
     }
 
+    /// Serve `host` (a DomainMapping's domain) as the public host of route `namespace/route`;
+    /// false when that route has no entry (nothing to serve yet).
+    pub fn alias(&mut self, host: &str, namespace: &str, route: &str) -> bool {
+        let found = self
+            .hosts
+            .values()
+            .find(|e| e.public && e.target.namespace == namespace && e.target.route == route)
+            .map(|e| e.target.clone());
+        match found {
+            Some(target) => {
+                self.hosts.insert(
+                    normalize_host(host),
+                    HostEntry {
+                        target,
+                        public: true,
+                    },
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Honour the tag header or not (see `tag_header`).
     pub fn with_tag_header(mut self, on: bool) -> RoutingTable {
         self.tag_header = on;

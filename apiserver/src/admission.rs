@@ -45,9 +45,10 @@ fn label_part(s: &str) -> bool {
 fn check_meta(r: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
     let m = &obj["metadata"];
     let name = m["name"].as_str().unwrap_or_default();
+    // A DomainMapping's name is its domain (a subdomain, checked with its other rules).
     let rule = if r.kind == "Namespace" {
         check_dns_label(name)
-    } else if r.custom {
+    } else if r.custom && r.kind != "DomainMapping" {
         serving_api::naming::check_dns_1035_label(name)
     } else {
         check_dns_subdomain(name)
@@ -180,6 +181,11 @@ impl Admission {
                 serving_api::defaults::default_route(&mut rt);
                 serving_api::validation::validate_route(&rt, cfg).map_err(knative_errors)?;
                 untyped(&rt)?
+            }
+            "DomainMapping" => {
+                let dm: serving_api::DomainMapping = typed(obj)?;
+                serving_api::validation::validate_domain_mapping(&dm).map_err(knative_errors)?;
+                untyped(&dm)?
             }
             "Revision" => {
                 let Some(old) = old else {

@@ -308,6 +308,7 @@ impl Catalog {
             knative(serving_api::Configuration::crd()),
             knative(serving_api::Revision::crd()),
             knative(serving_api::Route::crd()),
+            knative(serving_api::DomainMapping::crd()),
             core(
                 "Namespace",
                 "namespaces",

@@ -725,3 +725,126 @@ fn a_new_revision_rolls_out_gradually() {
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
     });
 }
+
+/// A DomainMapping serves a custom domain with a Service's traffic: Ready with its URL once the
+/// Service is, the gateway answering that Host; a second namespace's mapping of the same domain
+/// is refused (DomainAlreadyClaimed); a mapping to nothing says so; TLS is refused locally.
+#[test]
+fn a_domain_mapping_serves_a_custom_domain() {
+    let ebb = Ebb::start();
+    ebb.apply(&service_yaml(
+        "hello",
+        "hello",
+        &[],
+        &[("TARGET", "mapped")],
+    ));
+    let mapping = |ns: &str, name: &str, target: &str, extra: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1beta1\nkind: DomainMapping\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  ref:\n    kind: Service\n    name: {target}\n    apiVersion: serving.knative.dev/v1\n{extra}"
+        )
+    };
+    ebb.cli_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: other\n"),
+    );
+    let out = ebb.cli_stdin(
+        &["apply", "-f", "-"],
+        Some(&mapping("default", "shop.example.test", "hello", "")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let condition = |ns: &str, name: &str, t: &str| {
+        let v = ebb.api_get(&format!(
+            "/apis/serving.knative.dev/v1beta1/namespaces/{ns}/domainmappings/{name}"
+        ));
+        v["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == t)
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or("").to_string(),
+                    c["reason"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .unwrap_or_default()
+    };
+    wait_until("the mapping Ready", Duration::from_secs(15), || {
+        condition("default", "shop.example.test", "Ready").0 == "True"
+    });
+    let dm = ebb.api_get(
+        "/apis/serving.knative.dev/v1beta1/namespaces/default/domainmappings/shop.example.test",
+    );
+    assert_eq!(dm["status"]["url"], "http://shop.example.test");
+    let (code, body) = rt().block_on(request(
+        &http_client(),
+        ebb.gateway,
+        "shop.example.test",
+        "/",
+    ));
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "Hello mapped! (hello-00001)\n")
+    );
+
+    // The same domain from another namespace: the first mapping keeps it.
+    ebb.cli_stdin(
+        &["apply", "-f", "-"],
+        Some(&mapping("other", "shop.example.test", "hello", "")),
+    );
+    wait_until(
+        "the second mapping refused",
+        Duration::from_secs(15),
+        || {
+            condition("other", "shop.example.test", "DomainClaimed")
+                == ("False".into(), "DomainAlreadyClaimed".into())
+        },
+    );
+    // A mapping to no Service, and one with TLS.
+    ebb.cli_stdin(
+        &["apply", "-f", "-"],
+        Some(&mapping("default", "none.example.test", "missing", "")),
+    );
+    wait_until("the reference unresolved", Duration::from_secs(15), || {
+        condition("default", "none.example.test", "ReferenceResolved")
+            == ("False".into(), "ResolveFailed".into())
+    });
+    let (code, _) = rt().block_on(request(
+        &http_client(),
+        ebb.gateway,
+        "none.example.test",
+        "/",
+    ));
+    assert_eq!(code, 404);
+    ebb.cli_stdin(
+        &["apply", "-f", "-"],
+        Some(&mapping(
+            "default",
+            "tls.example.test",
+            "hello",
+            "  tls:\n    secretName: cert\n",
+        )),
+    );
+    wait_until("TLS refused locally", Duration::from_secs(15), || {
+        condition("default", "tls.example.test", "Ready")
+            == ("False".into(), "TLSNotSupported".into())
+    });
+    // Refused at admission: a name without a dot, a kind that is not served.
+    let out = ebb.cli_stdin(
+        &["apply", "-f", "-"],
+        Some(
+            &mapping("default", "nodot", "hello", "")
+                .replace("kind: Service\n    name", "kind: Deployment\n    name"),
+        ),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("metadata.name") && err.contains("spec.ref.kind"),
+        "{err}"
+    );
+}

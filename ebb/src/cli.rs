@@ -238,8 +238,9 @@ pub fn kind_name(s: &str) -> anyhow::Result<&'static str> {
         "revision" | "revisions" | "rev" | "revs" => "Revision",
         "route" | "routes" | "rt" => "Route",
         "configuration" | "configurations" | "config" | "configs" | "cfg" => "Configuration",
+        "domainmapping" | "domainmappings" | "dm" => "DomainMapping",
         other => anyhow::bail!(
-            "unknown kind {other:?}: use services (ksvc), revisions (rev), routes (rt) or configurations (config)"
+            "unknown kind {other:?}: use services (ksvc), revisions (rev), routes (rt), configurations (config) or domainmappings (dm)"
         ),
     })
 }

@@ -83,10 +83,11 @@ pub struct Applied {
 
 /// The kind of `apiVersion` the CLI applies, if served.
 fn served(api_version: &str, kind: &str) -> Option<&'static str> {
-    const KINDS: [(&str, &str); 6] = [
+    const KINDS: [(&str, &str); 7] = [
         ("serving.knative.dev/v1", "Service"),
         ("serving.knative.dev/v1", "Configuration"),
         ("serving.knative.dev/v1", "Route"),
+        ("serving.knative.dev/v1beta1", "DomainMapping"),
         ("v1", "ConfigMap"),
         ("v1", "Secret"),
         ("v1", "Namespace"),
@@ -107,6 +108,12 @@ pub fn api_resource(kind: &str) -> ApiResource {
         "Service" => ("serving.knative.dev", "services"),
         "Configuration" => ("serving.knative.dev", "configurations"),
         "Revision" => ("serving.knative.dev", "revisions"),
+        "DomainMapping" => {
+            return ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("serving.knative.dev", "v1beta1", kind),
+                "domainmappings",
+            );
+        }
         _ => ("serving.knative.dev", "routes"),
     };
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), plural)
@@ -244,7 +251,7 @@ impl Client {
             let av = o["apiVersion"].as_str().unwrap_or_default();
             if served(av, &kind).is_none() {
                 errors.push(format!(
-                    "{kind} {ns}/{name}: apiVersion {av:?}, kind {kind:?}: not served (serving.knative.dev/v1 Service, Configuration, Route; v1 ConfigMap, Secret, Namespace)"
+                    "{kind} {ns}/{name}: apiVersion {av:?}, kind {kind:?}: not served (serving.knative.dev/v1 Service, Configuration, Route; serving.knative.dev/v1beta1 DomainMapping; v1 ConfigMap, Secret, Namespace)"
                 ));
                 continue;
             }

@@ -467,6 +467,31 @@ async fn control_loop(
             .collect();
         let mut table = RoutingTable::build(list.iter())
             .with_tag_header(cfg.features.on("tag-header-based-routing", None));
+        // DomainMappings that hold their domain and resolve serve it as their route's host.
+        for dm in store
+            .list("DomainMapping", None)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| serde_json::from_value::<serving_api::DomainMapping>(v).ok())
+        {
+            let holds = |t: &str| {
+                dm.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == t && c.status == serving_api::ConditionStatus::True)
+                })
+            };
+            let serves =
+                holds("DomainClaimed") && holds("ReferenceResolved") && dm.spec.tls.is_none();
+            if serves && let (Some(domain), Some(ns)) = (&dm.metadata.name, &dm.metadata.namespace)
+            {
+                table.alias(
+                    domain,
+                    ns,
+                    serving_controller::domainmapping::route_name(&dm),
+                );
+            }
+        }
         mark_damaged(&store, &cfg, &mut table, &revisions, &mut broken_revisions);
         routes.send_replace(Arc::new(table));
         if let Some(tx) = synced.take() {

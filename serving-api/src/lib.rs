@@ -11,6 +11,7 @@ pub mod condition;
 pub mod config;
 pub mod configuration;
 pub mod defaults;
+pub mod domainmapping;
 pub mod duration;
 pub mod labels;
 pub mod naming;
@@ -24,6 +25,7 @@ pub use condition::{Condition, ConditionStatus};
 pub use configuration::{
     Configuration, ConfigurationSpec, ConfigurationStatus, RevisionTemplateSpec,
 };
+pub use domainmapping::{DomainMapping, DomainMappingSpec, DomainMappingStatus};
 pub use revision::{Revision, RevisionSpec, RevisionStatus};
 pub use route::{Addressable, Route, RouteSpec, RouteStatus, TrafficTarget};
 pub use service::{Service, ServiceSpec, ServiceStatus};

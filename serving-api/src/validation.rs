@@ -192,6 +192,49 @@ pub fn validate_template_update(
     e.finish()
 }
 
+/// A DomainMapping: its name is the domain (a DNS-1123 subdomain with a dot); its reference a
+/// Service or Route of `serving.knative.dev/v1` in its own namespace.
+pub fn validate_domain_mapping(dm: &crate::DomainMapping) -> Result<(), ValidationErrors> {
+    let mut e = Errors::default();
+    match dm.metadata.name.as_deref() {
+        None | Some("") => e.push("metadata.name", "required (the domain to serve)"),
+        Some(n) => {
+            if let Err(m) = naming::check_dns_subdomain(n) {
+                e.invalid("metadata.name", n, m);
+            } else if !n.contains('.') {
+                e.invalid("metadata.name", n, "must be a domain with at least one dot");
+            }
+        }
+    }
+    let r = &dm.spec.reference;
+    if !matches!(r.kind.as_str(), "Service" | "Route") {
+        e.invalid("spec.ref.kind", &r.kind, "must be Service or Route");
+    }
+    if let Some(v) = r.api_version.as_deref()
+        && v != "serving.knative.dev/v1"
+    {
+        e.invalid("spec.ref.apiVersion", v, "must be serving.knative.dev/v1");
+    }
+    if let Err(m) = naming::check_dns_label(&r.name) {
+        e.invalid("spec.ref.name", &r.name, m);
+    }
+    if let Some(ns) = r.namespace.as_deref().filter(|n| !n.is_empty())
+        && Some(ns) != dm.metadata.namespace.as_deref()
+    {
+        e.invalid(
+            "spec.ref.namespace",
+            ns,
+            "must be the DomainMapping's own namespace",
+        );
+    }
+    if let Some(tls) = &dm.spec.tls
+        && tls.secret_name.is_empty()
+    {
+        e.push("spec.tls.secretName", "required");
+    }
+    e.finish()
+}
+
 pub fn validate_revision(r: &Revision, cfg: &ValidationConfig) -> Result<(), ValidationErrors> {
     let mut e = Errors::default();
     match r.metadata.name.as_deref() {

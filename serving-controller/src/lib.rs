@@ -6,6 +6,7 @@
 //! I/O; the Kubernetes and local backends only apply the difference.
 
 pub mod configuration;
+pub mod domainmapping;
 pub mod gc;
 pub mod local;
 pub mod meta;

@@ -121,7 +121,8 @@ status_conditions!(
     serving_api::ServiceStatus,
     serving_api::ConfigurationStatus,
     serving_api::RouteStatus,
-    serving_api::RevisionStatus
+    serving_api::RevisionStatus,
+    serving_api::DomainMappingStatus
 );
 
 /// Record an Event about `obj` (failures to record are not the reconcile's: logged by none,
@@ -404,6 +405,21 @@ pub fn reconcile_with(
                 &format!("Deleted non-active Revision {name:?} (config-gc)"),
             );
         }
+    }
+
+    // DomainMappings: a custom domain for a Service's or Route's traffic (plain HTTP locally).
+    let routes_now = list::<Route>(store, "Route")?;
+    let mappings = list::<serving_api::DomainMapping>(store, "DomainMapping")?;
+    for dm in &mappings {
+        let status = crate::domainmapping::domain_mapping_status(dm, &mappings, &routes_now, false);
+        writes += usize::from(write_status(
+            store,
+            "DomainMapping",
+            &to_value(dm)?,
+            dm.status.as_ref(),
+            status,
+            now,
+        )?);
     }
 
     // Service status from its children.
