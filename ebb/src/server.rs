@@ -474,15 +474,7 @@ async fn control_loop(
             .into_iter()
             .filter_map(|v| serde_json::from_value::<serving_api::DomainMapping>(v).ok())
         {
-            let holds = |t: &str| {
-                dm.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == t && c.status == serving_api::ConditionStatus::True)
-                })
-            };
-            let serves =
-                holds("DomainClaimed") && holds("ReferenceResolved") && dm.spec.tls.is_none();
+            let serves = serving_controller::domainmapping::serves(&dm) && dm.spec.tls.is_none();
             if serves && let (Some(domain), Some(ns)) = (&dm.metadata.name, &dm.metadata.namespace)
             {
                 table.alias(

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, ServiceBackendPort,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -532,6 +532,122 @@ pub fn placeholder_service(route: &Route, activator_host: &str) -> KubeService {
 
 /// One Ingress rule per public host of the Route (main URL and tag URLs), all to the Route's
 /// ExternalName Service; None for cluster-local routes.
+/// A DomainMapping's exposure: its domain to its Route's ExternalName Service (the activator,
+/// which serves the domain as the Route's host), with TLS from `spec.tls`.
+pub fn desired_domain_ingress(dm: &serving_api::DomainMapping, class: Option<&str>) -> Ingress {
+    let domain = dm.name_any();
+    Ingress {
+        metadata: ObjectMeta {
+            name: Some(domain.clone()),
+            namespace: dm.metadata.namespace.clone(),
+            owner_references: controller_ref(dm).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(IngressSpec {
+            ingress_class_name: class.map(str::to_string),
+            rules: Some(vec![IngressRule {
+                host: Some(domain.clone()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".into()),
+                        path_type: "Prefix".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: serving_controller::domainmapping::route_name(dm).into(),
+                                port: Some(ServiceBackendPort {
+                                    number: Some(80),
+                                    name: None,
+                                }),
+                            }),
+                            resource: None,
+                        },
+                    }],
+                }),
+            }]),
+            tls: dm.spec.tls.as_ref().map(|t| {
+                vec![IngressTLS {
+                    hosts: Some(vec![domain.clone()]),
+                    secret_name: Some(t.secret_name.clone()),
+                }]
+            }),
+            ..IngressSpec::default()
+        }),
+        status: None,
+    }
+}
+
+async fn reconcile_domain_mapping(
+    dm: Arc<serving_api::DomainMapping>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let ns = ns_of(dm.as_ref())?;
+    let name = dm.name_any();
+    if let Err(errors) = serving_api::validation::validate_domain_mapping(&dm) {
+        // As the webhook would have refused it: reported, nothing exposed.
+        let mut status = dm.status.clone().unwrap_or_default();
+        status.observed_generation = dm.metadata.generation;
+        status.conditions = vec![serving_api::Condition::new(
+            serving_api::domainmapping::conditions::READY,
+            serving_api::ConditionStatus::False,
+            serving_controller::service::VALIDATION_FAILED,
+            &errors.to_string(),
+        )];
+        write_status(
+            &Api::<serving_api::DomainMapping>::namespaced(ctx.client.clone(), &ns),
+            &name,
+            dm.status.as_ref(),
+            status,
+        )
+        .await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+    let mappings = Api::<serving_api::DomainMapping>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let routes = Api::<Route>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let status =
+        serving_controller::domainmapping::domain_mapping_status(&dm, &mappings, &routes, true);
+    let mut with_status = dm.as_ref().clone();
+    with_status.status = Some(status.clone());
+    let ingresses = Api::<Ingress>::namespaced(ctx.client.clone(), &ns);
+    if serving_controller::domainmapping::serves(&with_status) {
+        ingresses
+            .patch(
+                &name,
+                &apply_params(),
+                &Patch::Apply(&desired_domain_ingress(&dm, ctx.ingress_class.as_deref())),
+            )
+            .await?;
+    } else if ingresses
+        .get_opt(&name)
+        .await?
+        .is_some_and(|i| serving_controller::meta::is_controlled_by(&i.metadata, dm.as_ref()))
+    {
+        ingresses.delete(&name, &Default::default()).await?;
+    }
+    let ready = status.conditions.iter().any(|c| {
+        c.type_ == serving_api::domainmapping::conditions::READY
+            && c.status == serving_api::ConditionStatus::True
+    });
+    write_status(
+        &Api::<serving_api::DomainMapping>::namespaced(ctx.client.clone(), &ns),
+        &name,
+        dm.status.as_ref(),
+        status,
+    )
+    .await?;
+    // Its Route (and another namespace's claim) change without telling it: look again.
+    Ok(Action::requeue(Duration::from_secs(if ready {
+        60
+    } else {
+        2
+    })))
+}
+
 pub fn desired_ingress(route: &Route, class: Option<&str>) -> Option<Ingress> {
     let local = route.labels().get(labels::VISIBILITY).map(String::as_str)
         == Some(labels::VISIBILITY_CLUSTER_LOCAL);
@@ -809,12 +925,18 @@ pub async fn run(
             },
         )
         .reconcile_all_on(reloads(reload))
-        .graceful_shutdown_on(stopped(stop_rx))
-        .run(reconcile_route, retry, ctx)
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(reconcile_route, retry, ctx.clone())
         .for_each(|_| async {});
+    let (stop_rx_mappings, ctx_mappings) = (stop_rx, ctx);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    tokio::join!(services, configurations, revisions, routes);
+    let domain_mappings = Controller::new(Api::<serving_api::DomainMapping>::all(c.clone()), cfg())
+        .owns(Api::<Ingress>::all(c.clone()), cfg())
+        .graceful_shutdown_on(stopped(stop_rx_mappings))
+        .run(reconcile_domain_mapping, retry, ctx_mappings)
+        .for_each(|_| async {});
+    tokio::join!(services, configurations, revisions, routes, domain_mappings);
 }

@@ -33,15 +33,56 @@ pub async fn watch_inputs(
     revisions: Arc<Revisions>,
     tag_header: bool,
 ) {
-    let route_watch = mirror(
-        Api::<Route>::all(client.clone()),
-        watcher::Config::default(),
-        move |snapshot| {
-            routes.send_replace(Arc::new(
-                RoutingTable::build(snapshot.values()).with_tag_header(tag_header),
-            ));
-        },
-    );
+    // The table from the Routes, with the domains of the DomainMappings that serve one.
+    type Known = (Vec<Route>, Vec<serving_api::DomainMapping>);
+    let known: Arc<std::sync::Mutex<Known>> = Arc::default();
+    let publish = {
+        let known = known.clone();
+        move || {
+            let Ok(k) = known.lock() else { return };
+            let mut table = RoutingTable::build(k.0.iter()).with_tag_header(tag_header);
+            for dm in
+                k.1.iter()
+                    .filter(|d| serving_controller::domainmapping::serves(d))
+            {
+                if let (Some(domain), Some(ns)) = (&dm.metadata.name, &dm.metadata.namespace) {
+                    table.alias(
+                        domain,
+                        ns,
+                        serving_controller::domainmapping::route_name(dm),
+                    );
+                }
+            }
+            routes.send_replace(Arc::new(table));
+        }
+    };
+    let publish = Arc::new(publish);
+    let route_watch = {
+        let (known, publish) = (known.clone(), publish.clone());
+        mirror(
+            Api::<Route>::all(client.clone()),
+            watcher::Config::default(),
+            move |snapshot| {
+                if let Ok(mut k) = known.lock() {
+                    k.0 = snapshot.values().cloned().collect();
+                }
+                publish();
+            },
+        )
+    };
+    let mapping_watch = {
+        let (known, publish) = (known.clone(), publish.clone());
+        mirror(
+            Api::<serving_api::DomainMapping>::all(client.clone()),
+            watcher::Config::default(),
+            move |snapshot| {
+                if let Ok(mut k) = known.lock() {
+                    k.1 = snapshot.values().cloned().collect();
+                }
+                publish();
+            },
+        )
+    };
     let settings = {
         let revisions = revisions.clone();
         mirror(
@@ -85,7 +126,7 @@ pub async fn watch_inputs(
             },
         )
     };
-    tokio::join!(route_watch, settings, endpoints);
+    tokio::join!(route_watch, mapping_watch, settings, endpoints);
 }
 
 /// The autoscaler replicas' intake addresses, from the autoscaler Service's EndpointSlices.

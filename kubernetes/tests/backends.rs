@@ -263,6 +263,25 @@ async fn a_request_at_zero_wakes_the_deployment_through_the_api_and_is_answered(
         .await
         .expect("the route reached the gateway")
         .unwrap();
+    // A DomainMapping that holds its domain: the gateway serves the domain as the route's host.
+    api.put(
+        json!({ "apiVersion": "serving.knative.dev/v1beta1", "kind": "DomainMapping",
+        "metadata": { "name": "shop.example.org", "namespace": "default" },
+        "spec": { "ref": { "kind": "Route", "name": "hello" } },
+        "status": { "conditions": [
+            { "type": "DomainClaimed", "status": "True" },
+            { "type": "ReferenceResolved", "status": "True" } ] } }),
+    );
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        routes.wait_for(|t| {
+            t.lookup("shop.example.org", Listener::External)
+                .is_some_and(|target| target.route == "hello")
+        }),
+    )
+    .await
+    .expect("the mapped domain reached the gateway")
+    .unwrap();
 
     // The client request waits at zero.
     let request = tokio::spawn(async move {

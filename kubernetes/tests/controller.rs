@@ -548,3 +548,51 @@ async fn a_new_revision_rolls_out_in_steps() {
     .await;
     assert!(done["metadata"]["annotations"]["serving.knative.dev/rollout"].is_null());
 }
+
+/// A DomainMapping on Kubernetes: an Ingress for its domain to the Route's Service (TLS from
+/// spec.tls), owned by the mapping; Ready once its Service is; another namespace's mapping of
+/// the same domain is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_mapping_gets_an_ingress_and_status() {
+    const MAPPINGS: &str = "serving.knative.dev/v1beta1/domainmappings";
+    let api = start().await;
+    api.put(service("one", None));
+    eventually("deployment", || {
+        api.get(DEPLOYMENTS, "default", "hello-00001-deployment")
+    })
+    .await;
+    deployment_ready(&api, "hello-00001");
+    let mapping = |ns: &str| {
+        json!({ "apiVersion": "serving.knative.dev/v1beta1", "kind": "DomainMapping",
+            "metadata": { "name": "shop.example.org", "namespace": ns, "generation": 1 },
+            "spec": { "ref": { "kind": "Service", "name": "hello", "apiVersion": "serving.knative.dev/v1" },
+                      "tls": { "secretName": "shop-cert" } } })
+    };
+    api.put(mapping("default"));
+    let ingress = eventually("the mapping's ingress", || {
+        api.get(INGRESSES, "default", "shop.example.org")
+    })
+    .await;
+    assert_eq!(ingress["spec"]["rules"][0]["host"], "shop.example.org");
+    assert_eq!(
+        ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"],
+        "hello"
+    );
+    assert_eq!(ingress["spec"]["tls"][0]["secretName"], "shop-cert");
+    assert!(controlled_by(&ingress, "DomainMapping", "shop.example.org"));
+    let dm = eventually("the mapping Ready", || {
+        api.get(MAPPINGS, "default", "shop.example.org")
+            .filter(|d| condition(d, "Ready").0 == "True")
+    })
+    .await;
+    assert_eq!(dm["status"]["url"], "http://shop.example.org");
+    api.put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}));
+    api.put(mapping("other"));
+    eventually("the second claim refused", || {
+        api.get(MAPPINGS, "other", "shop.example.org").filter(|d| {
+            condition(d, "DomainClaimed") == ("False".into(), "DomainAlreadyClaimed".into())
+        })
+    })
+    .await;
+    assert!(api.get(INGRESSES, "other", "shop.example.org").is_none());
+}

@@ -149,6 +149,9 @@ async fn controller_scenario() {
         &[("EBB_CONTROLLER_ADDRESS", "127.0.0.1:0")],
     );
     api.put(service(json!({}), "one"));
+    api.put(json!({ "apiVersion": "serving.knative.dev/v1beta1", "kind": "DomainMapping",
+        "metadata": { "name": "shop.example.com", "namespace": "default" },
+        "spec": { "ref": { "kind": "Service", "name": "hello", "apiVersion": "serving.knative.dev/v1" } } }));
     let mut d = wait_for("deployment", || {
         api.get("apps/v1/deployments", "default", "hello-00001-deployment")
     })

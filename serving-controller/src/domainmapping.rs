@@ -10,6 +10,19 @@ pub fn route_name(dm: &DomainMapping) -> &str {
     &dm.spec.reference.name
 }
 
+/// Whether a gateway should serve the mapping's domain: it holds the domain and its reference
+/// resolved (by its status).
+pub fn serves(dm: &DomainMapping) -> bool {
+    let holds = |t: &str| {
+        dm.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == t && c.status == ConditionStatus::True)
+        })
+    };
+    holds(conditions::DOMAIN_CLAIMED) && holds(conditions::REFERENCE_RESOLVED)
+}
+
 /// Whether `dm` holds its domain among `all` mappings: the oldest of that name does.
 pub fn holds_domain(dm: &DomainMapping, all: &[DomainMapping]) -> Result<(), String> {
     let key = |m: &DomainMapping| {

@@ -64,6 +64,9 @@ pub struct FakeApi {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<(String, u64, &'static str, Value)>,
+    /// Held across a read-modify-write (PATCH, PUT) and a test's `put`, so that neither loses
+    /// the other's write (a real API server's optimistic concurrency gives the same).
+    rmw: Arc<Mutex<()>>,
 }
 
 /// `kind` → plural, for the kinds Ebb touches.
@@ -212,6 +215,7 @@ impl FakeApi {
             addr,
             state: Arc::default(),
             events: broadcast::channel(4096).0,
+            rmw: Arc::default(),
         };
         let server = api.clone();
         tokio::spawn(async move {
@@ -283,10 +287,15 @@ impl FakeApi {
         if dry {
             return obj;
         }
-        self.put(obj)
+        self.store(obj)
     }
 
-    pub fn put(&self, mut obj: Value) -> Value {
+    pub fn put(&self, obj: Value) -> Value {
+        let _rmw = self.rmw.lock().unwrap_or_else(|e| e.into_inner());
+        self.store(obj)
+    }
+
+    fn store(&self, mut obj: Value) -> Value {
         let coll = collection(
             obj["apiVersion"].as_str().unwrap_or("v1"),
             obj["kind"].as_str().unwrap_or_default(),
@@ -519,6 +528,7 @@ impl FakeApi {
                 json_response(StatusCode::CREATED, &self.write(obj, dry))
             }
             (Method::PUT, Some(name)) => {
+                let _rmw = self.rmw.lock().unwrap_or_else(|e| e.into_inner());
                 let ns = p.namespace.clone().unwrap_or_default();
                 let stored = self.get(&p.collection, &ns, &name);
                 let sent_rv = body["metadata"]["resourceVersion"].as_str();
@@ -553,6 +563,7 @@ impl FakeApi {
                 json_response(StatusCode::OK, &self.write(obj, dry))
             }
             (Method::PATCH, Some(name)) => {
+                let _rmw = self.rmw.lock().unwrap_or_else(|e| e.into_inner());
                 let ns = p.namespace.clone().unwrap_or_default();
                 let Some(mut obj) = self.get(&p.collection, &ns, &name) else {
                     if apply && p.sub.is_none() {
