@@ -567,47 +567,21 @@ impl Launch {
             reason: "CreateContainerConfigError".into(),
             message,
         };
-        // What config-features may let through but one machine cannot honour.
-        let p = &rev.spec.pod;
-        let unhonoured: [(&str, bool); 16] = [
-            ("affinity", p.affinity.is_some()),
-            (
-                "topologySpreadConstraints",
-                p.topology_spread_constraints
+        // What config-features may let through but one machine cannot honour (the pod's
+        // securityContext is the security module's).
+        let unhonoured = serving_api::validation::gated_pod_fields(&rev.spec.pod)
+            .into_iter()
+            .map(|(field, _)| field)
+            .chain(
+                rev.spec
+                    .pod
+                    .resource_claims
                     .as_ref()
-                    .is_some_and(|v| !v.is_empty()),
-            ),
-            (
-                "nodeSelector",
-                p.node_selector.as_ref().is_some_and(|v| !v.is_empty()),
-            ),
-            (
-                "tolerations",
-                p.tolerations.as_ref().is_some_and(|v| !v.is_empty()),
-            ),
-            ("schedulerName", p.scheduler_name.is_some()),
-            ("priorityClassName", p.priority_class_name.is_some()),
-            ("runtimeClassName", p.runtime_class_name.is_some()),
-            ("hostIPC", p.host_ipc == Some(true)),
-            ("hostPID", p.host_pid == Some(true)),
-            ("hostNetwork", p.host_network == Some(true)),
-            ("shareProcessNamespace", p.share_process_namespace.is_some()),
-            ("dnsPolicy", p.dns_policy.is_some()),
-            ("dnsConfig", p.dns_config.is_some()),
-            (
-                "hostAliases",
-                p.host_aliases.as_ref().is_some_and(|v| !v.is_empty()),
-            ),
-            (
-                "initContainers",
-                p.init_containers.as_ref().is_some_and(|v| !v.is_empty()),
-            ),
-            (
-                "resourceClaims",
-                p.resource_claims.as_ref().is_some_and(|v| !v.is_empty()),
-            ),
-        ];
-        if let Some((field, _)) = unhonoured.iter().find(|(_, set)| *set) {
+                    .is_some_and(|v| !v.is_empty())
+                    .then_some("resourceClaims"),
+            )
+            .find(|field| *field != "securityContext");
+        if let Some(field) = unhonoured {
             config_error.get_or_insert(config(format!(
                 "spec.{field}: local mode runs instances on one machine without a scheduler and does not honour it; run the Service on a cluster"
             )));

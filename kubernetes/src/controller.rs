@@ -740,52 +740,27 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
     };
     let mut status = route_status(&route, &inputs);
     // Gradual rollout: traffic to a new latest revision in steps; the state on the Route.
-    let now = Time(jiff::Timestamp::now());
-    let assigned = status.conditions.iter().any(|c| {
-        c.type_ == serving_api::route::conditions::ALL_TRAFFIC_ASSIGNED
-            && c.status == serving_api::condition::ConditionStatus::True
-    });
-    let mut next_step = None;
-    if assigned {
-        let total = serving_controller::rollout::duration(&route, cfg.network.rollout_duration);
-        let existing = |n: &str| {
-            revisions
-                .iter()
-                .any(|r| r.metadata.name.as_deref() == Some(n))
-        };
-        let previous = route
-            .status
-            .as_ref()
-            .map(|s| s.fields.traffic.clone())
-            .unwrap_or_default();
-        let (traffic, state) = serving_controller::rollout::advance(
-            &route,
-            status.fields.traffic.clone(),
-            &previous,
-            &existing,
-            total,
-            now.0,
-        );
-        status.fields.traffic = traffic;
-        next_step = state.next_step();
-        let want = state.annotation();
-        let have = route
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(serving_controller::rollout::ROLLOUT_STATE))
-            .cloned();
-        if want != have {
-            Api::<Route>::namespaced(ctx.client.clone(), &ns)
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"annotations": {
-                        serving_controller::rollout::ROLLOUT_STATE: want
-                    }}})),
-                )
-                .await?;
-        }
+    let rollout = serving_controller::rollout::apply(
+        &route,
+        &mut status,
+        &revisions,
+        cfg.network.rollout_duration,
+        jiff::Timestamp::now(),
+    );
+    let next_step = rollout.as_ref().and_then(|r| r.next_step());
+    if let Some(want) = rollout
+        .as_ref()
+        .and_then(|state| serving_controller::rollout::to_record(&route, state))
+    {
+        Api::<Route>::namespaced(ctx.client.clone(), &ns)
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {
+                    serving_controller::rollout::ROLLOUT_STATE: want
+                }}})),
+            )
+            .await?;
     }
     let mut with_status = route.as_ref().clone();
     with_status.status = Some(status.clone());

@@ -523,10 +523,12 @@ async fn a_new_revision_rolls_out_in_steps() {
     .await;
     deployment_ready(&api, "hello-00002");
     let halfway = eventually("half of the traffic on the new revision", || {
+        // The annotation and the status are two writes: wait for both.
         api.get(ROUTES, "default", "hello").filter(|r| {
             r["status"]["traffic"]
                 .as_array()
                 .is_some_and(|t| t.len() == 2)
+                && r["metadata"]["annotations"]["serving.knative.dev/rollout"].is_string()
         })
     })
     .await;
@@ -538,15 +540,17 @@ async fn a_new_revision_rolls_out_in_steps() {
         ]),
         "{halfway:#}"
     );
-    assert!(halfway["metadata"]["annotations"]["serving.knative.dev/rollout"].is_string());
-    let done = eventually("all of it on the new revision", || {
-        api.get(ROUTES, "default", "hello").filter(|r| {
+    eventually(
+        "all of it on the new revision, the rollout state gone",
+        || {
+            api.get(ROUTES, "default", "hello").filter(|r| {
             r["status"]["traffic"]
                 == json!([{"revisionName": "hello-00002", "latestRevision": true, "percent": 100}])
+                && r["metadata"]["annotations"]["serving.knative.dev/rollout"].is_null()
         })
-    })
+        },
+    )
     .await;
-    assert!(done["metadata"]["annotations"]["serving.knative.dev/rollout"].is_null());
 }
 
 /// A DomainMapping on Kubernetes: an Ingress for its domain to the Route's Service (TLS from

@@ -333,16 +333,11 @@ fn scaling(
     }
 }
 
-/// Knative's PodSpec fields behind config-features flags (field, flag, set?), and the fields its
-/// PodSpec mask never lets through.
-fn pod_fields(
-    spec: &RevisionSpec,
-    path: &str,
-    annotations: Option<&BTreeMap<String, String>>,
-    cfg: &ValidationConfig,
-    e: &mut Errors,
-) {
-    let p = &spec.pod;
+/// The PodSpec fields Knative gates behind config-features flags that `p` sets, as
+/// (field, flag).
+pub fn gated_pod_fields(
+    p: &k8s_openapi::api::core::v1::PodSpec,
+) -> Vec<(&'static str, &'static str)> {
     let gated: [(&str, &str, bool); 16] = [
         (
             "affinity",
@@ -427,8 +422,25 @@ fn pod_fields(
             p.dns_config.is_some(),
         ),
     ];
-    for (field, flag, set) in gated {
-        if set && !cfg.features.on(flag, annotations) {
+    gated
+        .into_iter()
+        .filter(|(_, _, set)| *set)
+        .map(|(field, flag, _)| (field, flag))
+        .collect()
+}
+
+/// Knative's PodSpec fields behind config-features flags (field, flag, set?), and the fields its
+/// PodSpec mask never lets through.
+fn pod_fields(
+    spec: &RevisionSpec,
+    path: &str,
+    annotations: Option<&BTreeMap<String, String>>,
+    cfg: &ValidationConfig,
+    e: &mut Errors,
+) {
+    let p = &spec.pod;
+    for (field, flag) in gated_pod_fields(p) {
+        if !cfg.features.on(flag, annotations) {
             e.push(
                 format!("{path}.{field}"),
                 format!("must not be set: Knative gates it behind the {flag:?} feature (config-features)"),

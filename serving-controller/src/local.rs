@@ -286,35 +286,14 @@ pub fn reconcile_with(
         };
         let mut status = route_status(&route, &inputs);
         // Gradual rollout: traffic to a new latest revision in steps.
-        let total = crate::rollout::duration(&route, cfg.network.rollout_duration);
-        let existing = |n: &str| {
-            revisions
-                .iter()
-                .any(|r| r.metadata.name.as_deref() == Some(n))
-        };
-        let previous = route
-            .status
-            .as_ref()
-            .map(|s| s.fields.traffic.clone())
-            .unwrap_or_default();
-        let assigned = |s: &serving_api::RouteStatus| {
-            s.conditions.iter().any(|c| {
-                c.type_ == serving_api::route::conditions::ALL_TRAFFIC_ASSIGNED
-                    && c.status == serving_api::condition::ConditionStatus::True
-            })
-        };
-        let rollout = assigned(&status).then(|| {
-            let (traffic, state) = crate::rollout::advance(
-                &route,
-                status.fields.traffic.clone(),
-                &previous,
-                &existing,
-                total,
-                now.0,
-            );
-            status.fields.traffic = traffic.clone();
-            (traffic, state)
-        });
+        let rollout = crate::rollout::apply(
+            &route,
+            &mut status,
+            &revisions,
+            cfg.network.rollout_duration,
+            now.0,
+        );
+        let rolled = status.fields.traffic.clone();
         if !programmed.routes(&route, &status.fields) {
             let waiting = IngressState::NotReady {
                 reason: "Uninitialized".into(),
@@ -327,8 +306,8 @@ pub fn reconcile_with(
                     ..inputs
                 },
             );
-            if let Some((traffic, _)) = &rollout {
-                status.fields.traffic = traffic.clone();
+            if rollout.is_some() {
+                status.fields.traffic = rolled;
             }
         }
         writes += usize::from(write_status(
@@ -340,32 +319,26 @@ pub fn reconcile_with(
             now,
         )?);
         // The rollout's state, on the Route, so it resumes after a restart.
-        if let Some((_, state)) = &rollout {
-            let want = state.annotation();
-            let have = route
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(crate::rollout::ROLLOUT_STATE))
-                .cloned();
-            if want != have {
-                let (ns, name) = (
-                    route.metadata.namespace.clone().unwrap_or_default(),
-                    route.metadata.name.clone().unwrap_or_default(),
-                );
-                if let Some(stored) = store.get("Route", &ns, &name)? {
-                    let mut stored: Route = serde_json::from_value(stored)?;
-                    let a = stored
-                        .metadata
-                        .annotations
-                        .get_or_insert_with(Default::default);
-                    match &want {
-                        Some(v) => a.insert(crate::rollout::ROLLOUT_STATE.into(), v.clone()),
-                        None => a.remove(crate::rollout::ROLLOUT_STATE),
-                    };
-                    store.apply(to_value(&stored)?)?;
-                    writes += 1;
-                }
+        if let Some(want) = rollout
+            .as_ref()
+            .and_then(|state| crate::rollout::to_record(&route, state))
+        {
+            let (ns, name) = (
+                route.metadata.namespace.clone().unwrap_or_default(),
+                route.metadata.name.clone().unwrap_or_default(),
+            );
+            if let Some(stored) = store.get("Route", &ns, &name)? {
+                let mut stored: Route = serde_json::from_value(stored)?;
+                let a = stored
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(Default::default);
+                match &want {
+                    Some(v) => a.insert(crate::rollout::ROLLOUT_STATE.into(), v.clone()),
+                    None => a.remove(crate::rollout::ROLLOUT_STATE),
+                };
+                store.apply(to_value(&stored)?)?;
+                writes += 1;
             }
         }
     }

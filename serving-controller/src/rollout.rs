@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
-use serving_api::{Route, TrafficTarget};
+use serving_api::{Revision, Route, RouteStatus, TrafficTarget};
 
 /// The Route annotation holding the rollout state (JSON).
 pub const ROLLOUT_STATE: &str = "serving.knative.dev/rollout";
@@ -196,4 +196,56 @@ fn start(
         step_millis: every.as_millis() as u64,
         next_step: after.to_string(),
     })
+}
+
+/// Apply the rollout to a Route's freshly computed status: when all its traffic is assigned,
+/// its configuration targets move in steps; the state to record (None: traffic not assigned,
+/// the recorded state left as it is).
+pub fn apply(
+    route: &Route,
+    status: &mut RouteStatus,
+    revisions: &[Revision],
+    default: Duration,
+    now: Timestamp,
+) -> Option<Rollout> {
+    let assigned = status.conditions.iter().any(|c| {
+        c.type_ == serving_api::route::conditions::ALL_TRAFFIC_ASSIGNED
+            && c.status == serving_api::ConditionStatus::True
+    });
+    if !assigned {
+        return None;
+    }
+    let existing = |n: &str| {
+        revisions
+            .iter()
+            .any(|r| r.metadata.name.as_deref() == Some(n))
+    };
+    let previous = route
+        .status
+        .as_ref()
+        .map(|s| s.fields.traffic.clone())
+        .unwrap_or_default();
+    let (traffic, state) = advance(
+        route,
+        status.fields.traffic.clone(),
+        &previous,
+        &existing,
+        duration(route, default),
+        now,
+    );
+    status.fields.traffic = traffic;
+    Some(state)
+}
+
+/// The annotation value to write when `state` differs from what `route` records (`Some(None)`:
+/// remove it).
+pub fn to_record(route: &Route, state: &Rollout) -> Option<Option<String>> {
+    let want = state.annotation();
+    let have = route
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ROLLOUT_STATE))
+        .cloned();
+    (want != have).then_some(want)
 }
