@@ -73,7 +73,15 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         Command::new(&ebb)
             .arg("--state")
             .arg(&state)
-            .args(["local", "up", "--listen", "127.0.0.1:0", "--config"])
+            .args([
+                "local",
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--runtime",
+                "process",
+            ])
+            .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -118,6 +126,11 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
             ]))
         })
         .collect::<anyhow::Result<_>>()?;
+    // At rest: what the control plane costs with 2n Services while nothing changes.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let rest0 = server.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let at_rest = (server.cpu_seconds() - rest0) / 30.0;
 
     println!(
         "local mode's Kubernetes API: {n} Services (initial-scale 0) in one file, then lists; {objects} objects for list and watch latency\n"
@@ -138,6 +151,12 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         "| get ksvc over {n} (median of 5, wall) | {:.0} ms | {:.0} ms |",
         median(get).as_secs_f64() * 1000.0,
         median(ebb_get).as_secs_f64() * 1000.0
+    );
+
+    println!(
+        "| ebb's CPU at rest with {} Services (30 s, after 10 s to settle) | {:.2} % of a core | |",
+        2 * n,
+        at_rest * 100.0
     );
 
     // List and watch with many objects stored, on a fresh ebb: with 1,000 Services the

@@ -904,6 +904,7 @@ async fn supervise(
     let mut pulling: Option<tokio::task::JoinHandle<Pulled>> = None;
     let mut pull_failures: u32 = 0;
     let mut digests: Vec<serving_api::revision::ContainerStatus> = Vec::new();
+    let mut last_written: Option<(WorkloadState, Instant)> = None;
     loop {
         let stopping_all = *stop_rx.borrow();
         let want = if stopping_all {
@@ -1040,7 +1041,18 @@ async fn supervise(
                     .map(|_| format!("Pulling image {:?}", launch.image)),
                 image_digests: digests.clone(),
             };
-            write_status(&rt.store, &key, &workload);
+            // Written when it changed (or once a minute, should the stored status have been
+            // replaced): reading and decoding the revision every second for every revision
+            // would cost at rest in proportion to the revisions.
+            let due = last_written
+                .as_ref()
+                .is_none_or(|(w, at): &(WorkloadState, Instant)| {
+                    *w != workload || at.elapsed() >= Duration::from_secs(60)
+                });
+            if due {
+                write_status(&rt.store, &key, &workload);
+                last_written = Some((workload, Instant::now()));
+            }
         }
 
         let backoff = async {
@@ -1168,7 +1180,22 @@ fn log_tail(path: &Path) -> String {
     lines.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
+/// A free loopback port for an instance to listen on, chosen below the kernel's ephemeral range:
+/// a port from that range, free when we look, may be taken by any outgoing connection before
+/// the app binds it (the app then fails with EADDRINUSE); below it only another listener can.
 fn free_port() -> std::io::Result<u16> {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_start > 11_000 {
+        for _ in 0..64 {
+            let port = fastrand::u16(10_000..ephemeral_start);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

@@ -438,8 +438,13 @@ async fn wait_for_signal() {
     }
 }
 
-/// Level-based: after any change in the store (or every 5 s), reconcile everything, let the
-/// runtime catch up with the Revisions, and republish the routing table.
+/// How often the control loop passes when nothing happens (for time-based rules such as
+/// config-gc's): nothing else changes without a store event.
+const AT_REST: Duration = Duration::from_secs(60);
+
+/// Level-based: after any change in the store, at a rollout's next step, or once a minute at
+/// rest, reconcile everything, let the runtime catch up with the Revisions, and republish the
+/// routing table; at rest it costs next to nothing however many Services there are.
 async fn control_loop(
     store: Arc<Store>,
     cfg: LocalConfig,
@@ -489,16 +494,16 @@ async fn control_loop(
         if let Some(tx) = synced.take() {
             let _ = tx.send(());
         }
-        // A rollout in progress wakes the loop at its next step; else every 5 s.
+        // A rollout in progress wakes the loop at its next step.
         let idle = list
             .iter()
             .filter_map(|r| serving_controller::rollout::Rollout::of(r)?.next_step())
             .min()
-            .map_or(Duration::from_secs(5), |due| {
+            .map_or(AT_REST, |due| {
                 let wait = due.duration_since(jiff::Timestamp::now());
                 Duration::try_from(wait)
                     .unwrap_or(Duration::ZERO)
-                    .clamp(Duration::from_millis(50), Duration::from_secs(5))
+                    .clamp(Duration::from_millis(50), AT_REST)
             });
         // The table now routes what the stored Routes say: another pass marks them Ready.
         let now_programmed = Programmed::of(list.iter());
