@@ -115,10 +115,11 @@ impl RoutingTable {
     /// Serve `host` (a DomainMapping's domain) as the public host of route `namespace/route`;
     /// false when that route has no entry (nothing to serve yet).
     pub fn alias(&mut self, host: &str, namespace: &str, route: &str) -> bool {
+        // The route's in-cluster host always holds its main target (tag hosts hold pinned ones).
         let found = self
             .hosts
-            .values()
-            .find(|e| e.public && e.target.namespace == namespace && e.target.route == route)
+            .get(&format!("{route}.{namespace}.svc.cluster.local"))
+            .filter(|e| e.target.namespace == namespace && e.target.route == route)
             .map(|e| e.target.clone());
         match found {
             Some(target) => {
@@ -301,6 +302,31 @@ mod tests {
                 ]
             }),
         )
+    }
+
+    /// A mapped domain serves the route's split, never a tag host's pinned revision.
+    #[test]
+    fn an_alias_serves_the_main_split() {
+        // Tables of fresh hash maps: whatever order their hosts come in.
+        for _ in 0..20 {
+            let mut t = RoutingTable::build([&shop()]);
+            assert!(t.alias("Shop.Example.org", "default", "shop"));
+            let mut seen = std::collections::BTreeSet::new();
+            for r in 0..100 {
+                let target = t
+                    .lookup("shop.example.org", Listener::External)
+                    .unwrap_or_else(|| panic!("the domain is served"));
+                seen.insert(target.pick(None, r).map(str::to_string));
+            }
+            assert_eq!(
+                seen.into_iter().flatten().collect::<Vec<_>>(),
+                ["shop-00001", "shop-00002"],
+                "the 90/10 split"
+            );
+        }
+        let mut t = RoutingTable::build([&shop()]);
+        assert!(!t.alias("none.example.org", "default", "missing"));
+        assert!(t.lookup("none.example.org", Listener::External).is_none());
     }
 
     #[test]
