@@ -74,6 +74,13 @@ for name, vals in [("defaults", None), ("overrides", values)]:
         check({"name": "EBB_GRACE", "value": "15"} in c["env"], "activator grace from values")
         ctl = deps["ebb-controller"]["spec"]["template"]["spec"]["containers"][0]
         check({"name": "EBB_INGRESS_CLASS", "value": "nginx"} in ctl["env"], "ingress class from values")
+        hooks = [o for o in objs if o["kind"].endswith("WebhookConfiguration")]
+        check(len(hooks) == 2, f"both webhook configurations rendered, found {len(hooks)}")
+        for h in hooks:
+            for w in h["webhooks"]:
+                check(w["clientConfig"]["service"]["namespace"] == "serving", f"{h['metadata']['name']}: webhook Service namespace")
+        wh = deps["ebb-webhook"]["spec"]["template"]["spec"]["containers"][0]
+        check(wh["image"] == "registry.example.com/ebb/webhook:1.2.3", f"webhook image {wh['image']}")
         cms = {o["metadata"]["name"]: o.get("data", {}) for o in objs if o["kind"] == "ConfigMap"}
         check(cms["config-domain"].get("example.com") == "", "config-domain override")
         check(cms["config-autoscaler"].get("stable-window") == "30s", "config-autoscaler override")

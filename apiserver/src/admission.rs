@@ -3,14 +3,11 @@
 //! caller; a Revision's spec immutable), the core kinds' rules (ConfigMap and Secret keys,
 //! base64 data, `stringData`, immutability, Namespace names), and Kubernetes' size limits.
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use serving_api::admission::Rules;
 use serving_api::config::DefaultsConfig;
-use serving_api::labels::{CREATOR, LAST_MODIFIER};
 use serving_api::naming::{check_dns_label, check_dns_subdomain};
 use serving_api::validation::ValidationConfig;
-use serving_api::{Configuration, Revision, Route, Service};
 
 use crate::catalog::Resource;
 use crate::status::{ApiError, Cause};
@@ -90,14 +87,6 @@ fn check_meta(r: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
-fn typed<T: DeserializeOwned>(obj: Value) -> Result<T, Vec<Cause>> {
-    serde_json::from_value(obj).map_err(|e| vec![cause("<body>", e.to_string())])
-}
-
-fn untyped<T: Serialize>(t: &T) -> Result<Value, Vec<Cause>> {
-    serde_json::to_value(t).map_err(|e| vec![cause("<body>", e.to_string())])
-}
-
 fn knative_errors(e: serving_api::ValidationErrors) -> Vec<Cause> {
     e.0.into_iter().map(|f| cause(f.path, f.message)).collect()
 }
@@ -148,85 +137,23 @@ impl Admission {
         old: Option<&Value>,
         user: &str,
     ) -> Result<Value, Vec<Cause>> {
-        let cfg = &self.validation;
-        let mut out = match kind {
-            "Service" => {
-                let mut s: Service = typed(obj)?;
-                serving_api::defaults::default_service(&mut s, &self.defaults);
-                serving_api::validation::validate_service(&s, cfg).map_err(knative_errors)?;
-                if let Some(old) = old.and_then(|o| typed::<Service>(o.clone()).ok()) {
-                    serving_api::validation::validate_template_update(
-                        &old.spec.configuration.template,
-                        &s.spec.configuration.template,
-                    )
-                    .map_err(knative_errors)?;
-                }
-                untyped(&s)?
-            }
-            "Configuration" => {
-                let mut c: Configuration = typed(obj)?;
-                serving_api::defaults::default_configuration(&mut c, &self.defaults);
-                serving_api::validation::validate_configuration(&c, cfg).map_err(knative_errors)?;
-                if let Some(old) = old.and_then(|o| typed::<Configuration>(o.clone()).ok()) {
-                    serving_api::validation::validate_template_update(
-                        &old.spec.template,
-                        &c.spec.template,
-                    )
-                    .map_err(knative_errors)?;
-                }
-                untyped(&c)?
-            }
-            "Route" => {
-                let mut rt: Route = typed(obj)?;
-                serving_api::defaults::default_route(&mut rt);
-                serving_api::validation::validate_route(&rt, cfg).map_err(knative_errors)?;
-                untyped(&rt)?
-            }
-            "DomainMapping" => {
-                let dm: serving_api::DomainMapping = typed(obj)?;
-                serving_api::validation::validate_domain_mapping(&dm).map_err(knative_errors)?;
-                untyped(&dm)?
-            }
-            "Revision" => {
-                let Some(old) = old else {
-                    return Err(vec![cause(
-                        "kind",
-                        "Revisions are stamped by Configurations: apply a Service or a Configuration",
-                    )]);
-                };
-                let rev: Revision = typed(obj)?;
-                let out = untyped(&rev)?;
-                if out.get("spec") != old.get("spec") {
-                    return Err(vec![cause("spec", "a Revision's spec is immutable")]);
-                }
-                return Ok(out);
-            }
-            other => return Err(vec![cause("kind", format!("{other:?} is not served"))]),
-        };
-        // Who made it and who changed it last, as Knative's webhook records them.
-        let mut annotations = out["metadata"]["annotations"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        match old {
-            None => {
-                annotations.insert(CREATOR.into(), json!(user));
-                annotations.insert(LAST_MODIFIER.into(), json!(user));
-            }
-            Some(old) => {
-                let keep = |k: &str| old["metadata"]["annotations"][k].clone();
-                if !keep(CREATOR).is_null() {
-                    annotations.insert(CREATOR.into(), keep(CREATOR));
-                }
-                if old.get("spec") != out.get("spec") {
-                    annotations.insert(LAST_MODIFIER.into(), json!(user));
-                } else if !keep(LAST_MODIFIER).is_null() {
-                    annotations.insert(LAST_MODIFIER.into(), keep(LAST_MODIFIER));
-                }
-            }
+        // Revisions are stamped by the controllers (which write the store directly); through
+        // the API they may only be updated.
+        if kind == "Revision" && old.is_none() {
+            return Err(vec![cause(
+                "kind",
+                "Revisions are stamped by Configurations: apply a Service or a Configuration",
+            )]);
         }
-        out["metadata"]["annotations"] = json!(annotations);
-        if let Some(m) = out.as_object_mut() {
+        let rules = Rules {
+            defaults: &self.defaults,
+            validation: &self.validation,
+        };
+        let mut out =
+            serving_api::admission::admit(kind, obj, old, user, rules).map_err(knative_errors)?;
+        if kind != "Revision"
+            && let Some(m) = out.as_object_mut()
+        {
             m.remove("status");
         }
         Ok(out)
@@ -387,6 +314,7 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::catalog::Catalog;
+    use serving_api::labels::{CREATOR, LAST_MODIFIER};
 
     #[test]
     fn base64_round_trips() {

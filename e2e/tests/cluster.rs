@@ -238,3 +238,48 @@ async fn cluster_new_revision_split_and_tag() {
     assert_eq!((status, body.trim()), (200, "Hello one! (split-00001)"));
     c.cleanup().await;
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: scripts/test.sh runs it when EBB_E2E_KUBECONFIG is set"]
+async fn cluster_webhook_defaults_signs_and_refuses() {
+    let Some(c) = cluster("cluster_webhook_defaults_signs_and_refuses").await else {
+        return;
+    };
+    // An invalid Service is refused by the API server itself, with every error named.
+    let bad = json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": { "name": "invalid", "namespace": c.namespace },
+        "spec": {
+            "template": { "spec": { "containerConcurrency": -1, "containers": [{ "image": c.image }] } },
+            "traffic": [{ "latestRevision": true, "percent": 120 }],
+        },
+    });
+    let err = c
+        .services()
+        .patch(
+            "invalid",
+            &PatchParams::apply("ebb-e2e").force(),
+            &Patch::Apply(bad),
+        )
+        .await
+        .expect_err("the webhook refuses it");
+    let text = err.to_string();
+    assert!(
+        text.contains("validation.webhook.serving.ebb.dev")
+            && text.contains("spec.traffic[0].percent")
+            && text.contains("containerConcurrency"),
+        "{text}"
+    );
+    // A valid one is stored defaulted and signed by the caller.
+    c.apply("signed", "one", json!({}), None).await;
+    let stored = c.services().get("signed").await.expect("stored");
+    let v = serde_json::to_value(&stored).unwrap();
+    assert!(
+        v["metadata"]["annotations"]["serving.knative.dev/creator"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{v}"
+    );
+    assert_eq!(v["spec"]["traffic"][0]["percent"], 100, "{v}");
+    c.cleanup().await;
+}

@@ -78,6 +78,16 @@ pub struct Configs {
 }
 
 impl Configs {
+    /// What validation depends on.
+    pub fn validation(&self) -> serving_api::validation::ValidationConfig {
+        serving_api::validation::ValidationConfig {
+            defaults: self.defaults.clone(),
+            autoscaler: self.autoscaler.clone(),
+            network: self.network.clone(),
+            features: self.features.clone(),
+        }
+    }
+
     /// From config map data by name; every bad value is reported, naming map and key.
     pub fn from_maps(maps: &BTreeMap<String, BTreeMap<String, String>>) -> Result<Configs, String> {
         let empty = BTreeMap::new();
@@ -206,12 +216,7 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     serving_api::defaults::default_service(&mut defaulted, &ctx.configs().defaults);
     let svc = Arc::new(defaulted);
     let cfg = ctx.configs();
-    let rules = serving_api::validation::ValidationConfig {
-        defaults: cfg.defaults.clone(),
-        autoscaler: cfg.autoscaler.clone(),
-        network: cfg.network.clone(),
-        features: cfg.features.clone(),
-    };
+    let rules = cfg.validation();
     if let Err(errors) = serving_api::validation::validate_service(&svc, &rules) {
         // What Knative's webhook would have refused: reported on the Service, children left
         // as they are (the last valid spec keeps serving).

@@ -67,7 +67,11 @@ fn every_component_is_locked_down_and_has_its_account_and_budget() {
         .map(|o| o["metadata"]["name"].as_str().unwrap())
         .collect();
     let deployments: Vec<&Value> = of_kind("Deployment").collect();
-    assert_eq!(deployments.len(), 3, "controller, autoscaler, activator");
+    assert_eq!(
+        deployments.len(),
+        4,
+        "controller, autoscaler, activator, webhook"
+    );
     for d in deployments {
         let name = d["metadata"]["name"].as_str().unwrap();
         let pod = &d["spec"]["template"]["spec"];
@@ -94,4 +98,67 @@ fn every_component_is_locked_down_and_has_its_account_and_budget() {
         .collect();
     // ebb-controller's default EBB_ACTIVATOR_HOST and ebb-activator's EBB_AUTOSCALER_SERVICE.
     assert!(services.contains(&"ebb-activator-internal") && services.contains(&"ebb-autoscaler"));
+}
+
+/// The webhook configurations call the webhook's Service on the paths it serves, with the
+/// names its code patches, fail closed and declare no side effects; their bundle is left to
+/// the webhook.
+#[test]
+fn webhook_configurations_match_the_webhook() {
+    use ebb_kubernetes::webhook::{MUTATING, VALIDATING};
+    let objs = objects();
+    let svc = objs
+        .iter()
+        .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "ebb-webhook")
+        .expect("the ebb-webhook Service");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 443);
+    for (kind, name, path) in [
+        ("MutatingWebhookConfiguration", MUTATING, "/defaulting"),
+        ("ValidatingWebhookConfiguration", VALIDATING, "/validation"),
+    ] {
+        let c = objs
+            .iter()
+            .find(|o| o["kind"] == kind)
+            .unwrap_or_else(|| panic!("{kind}"));
+        assert_eq!(c["metadata"]["name"], name);
+        for w in c["webhooks"].as_array().unwrap() {
+            let s = &w["clientConfig"]["service"];
+            assert_eq!(
+                (
+                    s["name"].as_str(),
+                    s["namespace"].as_str(),
+                    s["path"].as_str()
+                ),
+                (Some("ebb-webhook"), Some("ebb-system"), Some(path)),
+                "{kind}"
+            );
+            assert_eq!(w["failurePolicy"], "Fail", "{kind}");
+            assert_eq!(w["sideEffects"], "None", "{kind}");
+            assert!(
+                w["clientConfig"]["caBundle"].is_null(),
+                "{kind}: the webhook sets it"
+            );
+            let resources: Vec<&str> = w["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| {
+                    r["resources"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_str().unwrap())
+                })
+                .collect();
+            for r in [
+                "services",
+                "configurations",
+                "routes",
+                "revisions",
+                "domainmappings",
+            ] {
+                assert!(resources.contains(&r), "{kind}: {r}");
+            }
+        }
+    }
 }

@@ -271,11 +271,59 @@ async fn activator_scenario() {
     check("activator", &api.accesses());
 }
 
+/// The webhook makes its certificate Secret, reads the config maps, sets the CA bundle in both
+/// configurations, and replaces a Secret whose certificate no longer holds.
+async fn webhook_scenario() {
+    let api = FakeApi::start().await;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/components/webhook.yaml");
+    let configurations: Vec<Value> =
+        serde_saphyr::from_multiple::<Value>(&std::fs::read_to_string(path).unwrap())
+            .unwrap()
+            .into_iter()
+            .filter(|d| {
+                d["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.ends_with("WebhookConfiguration"))
+            })
+            .collect();
+    for c in configurations {
+        api.put(c);
+    }
+    let (_p, _) = start(
+        env!("CARGO_BIN_EXE_ebb-webhook"),
+        &api,
+        &[
+            ("EBB_WEBHOOK_ADDRESS", "127.0.0.1:0"),
+            ("EBB_WEBHOOK_RESYNC_SECONDS", "1"),
+        ],
+    );
+    let secret = wait_for("the certificate Secret", || {
+        api.get("core/v1/secrets", SYSTEM, "ebb-webhook-certs")
+    })
+    .await;
+    let mut broken = secret.clone();
+    broken["data"]["server-cert.pem"] = json!("");
+    api.put(broken);
+    wait_for("the Secret replaced and both bundles set", || {
+        let a = api.accesses();
+        let did =
+            |verb: &str, resource: &str| a.iter().any(|x| x.verb == verb && x.resource == resource);
+        (did("update", "secrets")
+            && did("update", "mutatingwebhookconfigurations")
+            && did("update", "validatingwebhookconfigurations")
+            && did("watch", "configmaps"))
+        .then_some(())
+    })
+    .await;
+    check("webhook", &api.accesses());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_component_uses_exactly_the_verbs_its_manifests_grant() {
     tokio::join!(
         controller_scenario(),
         autoscaler_scenario(),
-        activator_scenario()
+        activator_scenario(),
+        webhook_scenario()
     );
 }

@@ -6,6 +6,7 @@
 //! parsed into typed configuration. It is pure: no kube client, no sockets, no clocks. Time, when
 //! needed, is passed in.
 
+pub mod admission;
 pub mod autoscaling;
 pub mod condition;
 pub mod config;
