@@ -130,6 +130,14 @@ pub struct Context {
     pub activator_host: String,
     /// `ingressClassName` of the Ingresses for public routes (None: the cluster default).
     pub ingress_class: Option<String>,
+    /// The activators' probe addresses (their metrics listeners): a Route is Ready only once
+    /// every one of them routes it as its status says. None: no data plane is asked (tests of
+    /// the control plane alone).
+    pub activators: Option<tokio::sync::watch::Receiver<Vec<std::net::SocketAddr>>>,
+    probe: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
 }
 
 impl std::fmt::Debug for Context {
@@ -147,6 +155,7 @@ impl Context {
         activator_host: &str,
         ingress_class: Option<String>,
         pod: &str,
+        activators: Option<tokio::sync::watch::Receiver<Vec<std::net::SocketAddr>>>,
     ) -> Arc<Context> {
         Arc::new(Context {
             recorder: Recorder::new(
@@ -160,7 +169,82 @@ impl Context {
             configs: RwLock::new(configs),
             activator_host: activator_host.into(),
             ingress_class,
+            activators,
+            probe:
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .build_http(),
         })
+    }
+
+    /// Why `route` is not yet routed as `fields` say by every activator, and when to look
+    /// again, or none when it is (Knative probes its ingress the same way before it calls a
+    /// Route Ready).
+    async fn unrouted(
+        &self,
+        route: &Route,
+        fields: &serving_api::route::RouteStatusFields,
+    ) -> Option<(IngressState, Duration)> {
+        let activators = self.activators.as_ref()?.borrow().clone();
+        if fields.traffic.is_empty() {
+            return None;
+        }
+        let waiting = |message: String| IngressState::NotReady {
+            reason: "Uninitialized".into(),
+            message,
+        };
+        if activators.is_empty() {
+            return Some((
+                waiting("Waiting for a ready activator to route the Route's hosts.".into()),
+                Duration::from_secs(2),
+            ));
+        }
+        let want = serving_controller::route::routing_fingerprint(route, fields);
+        let path = format!(
+            "/v1/routes/{}/{}",
+            route.namespace().unwrap_or_default(),
+            route.name_any()
+        );
+        let asks = activators.iter().map(|a| {
+            let uri = format!("http://{a}{path}");
+            let want = want.as_str();
+            async move {
+                let req = http::Request::get(uri)
+                    .body(http_body_util::Empty::new())
+                    .ok()?;
+                let answer = tokio::time::timeout(Duration::from_secs(1), async {
+                    let resp = self.probe.request(req).await.ok()?;
+                    if resp.status() != http::StatusCode::OK {
+                        return None;
+                    }
+                    let body = http_body_util::BodyExt::collect(resp.into_body())
+                        .await
+                        .ok()?
+                        .to_bytes();
+                    Some(body == want.as_bytes())
+                })
+                .await;
+                (answer != Ok(Some(true))).then_some(*a)
+            }
+        });
+        let behind: Vec<std::net::SocketAddr> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if behind.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = behind.iter().map(ToString::to_string).collect();
+        Some((
+            waiting(format!(
+                "Waiting for {} of {} activators to route the Route's hosts ({}).",
+                behind.len(),
+                activators.len(),
+                list.join(", ")
+            )),
+            Duration::from_millis(200),
+        ))
     }
 
     fn configs(&self) -> Configs {
@@ -753,6 +837,25 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
         jiff::Timestamp::now(),
     );
     let next_step = rollout.as_ref().and_then(|r| r.next_step());
+    // Ready only once every activator routes it as this status says; until then IngressReady
+    // is Unknown and the Route is looked at again shortly.
+    let probing = match ctx.unrouted(&route, &status.fields).await {
+        Some((waiting, after)) => {
+            let rolled = status.fields.traffic.clone();
+            status = route_status(
+                &route,
+                &RouteInputs {
+                    ingress: &waiting,
+                    ..inputs
+                },
+            );
+            if rollout.is_some() {
+                status.fields.traffic = rolled;
+            }
+            Some(after)
+        }
+        None => None,
+    };
     if let Some(want) = rollout
         .as_ref()
         .and_then(|state| serving_controller::rollout::to_record(&route, state))
@@ -803,13 +906,16 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
                 .await?;
         }
     }
-    // A rollout in progress comes back at its next step.
+    // A rollout in progress comes back at its next step; a Route the activators do not route
+    // yet, shortly.
     let again = next_step.map_or(Duration::from_secs(30), |due| {
         Duration::try_from(due.duration_since(jiff::Timestamp::now()))
             .unwrap_or(Duration::ZERO)
             .clamp(Duration::from_millis(100), Duration::from_secs(30))
     });
-    Ok(Action::requeue(again))
+    Ok(Action::requeue(
+        probing.map_or(again, |after| again.min(after)),
+    ))
 }
 
 async fn publish<K: Resource<DynamicType = ()>>(

@@ -24,22 +24,38 @@ use crate::autoscaler::{ActivatorStat, POKE_PATH, Poke, STATS_PATH};
 use crate::endpoints::{by_revision, serving_addrs};
 use crate::mirror::mirror;
 
+/// What this activator's table routes, by Route: none until the Routes and DomainMappings
+/// have both been listed once (the activator is not ready before), then each Route's routing
+/// fingerprint as the table holds it. The controller asks for it (`/v1/routes/NS/NAME` on the
+/// metrics listener) before it calls a Route Ready.
+pub type Programmed = Option<Arc<serving_controller::route::Programmed>>;
+
+#[derive(Default)]
+struct Known {
+    routes: Vec<Route>,
+    mappings: Vec<serving_api::DomainMapping>,
+    routes_listed: bool,
+    mappings_listed: bool,
+}
+
 /// Keep the routing table, revision settings and instances in line with the API.
 /// `tag_header`: whether `Knative-Serving-Tag` routes (config-features'
 /// `tag-header-based-routing`).
 pub async fn watch_inputs(
     client: kube::Client,
     routes: watch::Sender<Arc<RoutingTable>>,
+    programmed: watch::Sender<Programmed>,
     revisions: Arc<Revisions>,
     tag_header: bool,
 ) {
     // The table from the Routes, with the domains of the DomainMappings that serve one.
-    type Known = (Vec<Route>, Vec<serving_api::DomainMapping>);
     let known: Arc<std::sync::Mutex<Known>> = Arc::default();
     let publish = {
         let known = known.clone();
         move || {
             let Ok(k) = known.lock() else { return };
+            let k = &*k;
+            let k = (&k.routes, &k.mappings, k.routes_listed && k.mappings_listed);
             let mut table = RoutingTable::build(k.0.iter()).with_tag_header(tag_header);
             for dm in
                 k.1.iter()
@@ -54,6 +70,12 @@ pub async fn watch_inputs(
                 }
             }
             routes.send_replace(Arc::new(table));
+            // Published after the table is in use: what it says is routed, is.
+            if k.2 {
+                programmed.send_replace(Some(Arc::new(serving_controller::route::Programmed::of(
+                    k.0.iter(),
+                ))));
+            }
         }
     };
     let publish = Arc::new(publish);
@@ -64,7 +86,8 @@ pub async fn watch_inputs(
             watcher::Config::default(),
             move |snapshot| {
                 if let Ok(mut k) = known.lock() {
-                    k.0 = snapshot.values().cloned().collect();
+                    k.routes = snapshot.values().cloned().collect();
+                    k.routes_listed = true;
                 }
                 publish();
             },
@@ -77,7 +100,8 @@ pub async fn watch_inputs(
             watcher::Config::default(),
             move |snapshot| {
                 if let Ok(mut k) = known.lock() {
-                    k.1 = snapshot.values().cloned().collect();
+                    k.mappings = snapshot.values().cloned().collect();
+                    k.mappings_listed = true;
                 }
                 publish();
             },
@@ -129,8 +153,10 @@ pub async fn watch_inputs(
     tokio::join!(route_watch, mapping_watch, settings, endpoints);
 }
 
-/// The autoscaler replicas' intake addresses, from the autoscaler Service's EndpointSlices.
-pub async fn watch_autoscalers(
+/// The ready endpoints of a Service (`service` in `namespace`), at the first port of its
+/// EndpointSlices: the autoscaler replicas' intake for the activator, the activators' probe
+/// port for the controller.
+pub async fn watch_service_endpoints(
     client: kube::Client,
     namespace: &str,
     service: &str,

@@ -18,7 +18,7 @@ use autoscaler::runner::Runner;
 use ebb_kubernetes::autoscaler::{
     DeploymentScaler, serve_intake, watch_inputs as autoscaler_inputs,
 };
-use ebb_kubernetes::gateway::{Reporter, watch_autoscalers, watch_inputs as gateway_inputs};
+use ebb_kubernetes::gateway::{Reporter, watch_inputs as gateway_inputs, watch_service_endpoints};
 use ebb_kubernetes::leader::Elector;
 use serde_json::{Value, json};
 use serving_api::config::AutoscalerConfig;
@@ -230,12 +230,13 @@ async fn a_request_at_zero_wakes_the_deployment_through_the_api_and_is_answered(
     tokio::spawn(gateway_inputs(
         client.clone(),
         routes_tx,
+        tokio::sync::watch::channel(None).0,
         revisions.clone(),
         false,
     ));
     tokio::spawn({
         let client = client.clone();
-        async move { watch_autoscalers(client, "ebb-system", "ebb-autoscaler", targets_tx).await }
+        async move { watch_service_endpoints(client, "ebb-system", "ebb-autoscaler", targets_tx).await }
     });
     tokio::spawn(
         reporter

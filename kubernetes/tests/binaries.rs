@@ -193,3 +193,139 @@ async fn activator_binary_routes_from_the_api() {
     assert!(body.contains("activator_request_count"), "{body}");
     assert!(term(&mut p).success());
 }
+
+fn probe_slice(name: &str, port: u16) -> serde_json::Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": name, "namespace": "ebb-system",
+                      "labels": { "kubernetes.io/service-name": "ebb-activator-probe" } },
+        "addressType": "IPv4",
+        "ports": [{ "name": "metrics", "port": port, "protocol": "TCP" }],
+        "endpoints": [{ "addresses": ["127.0.0.1"], "conditions": { "ready": true } }],
+    })
+}
+
+fn condition(obj: &serde_json::Value, t: &str) -> (String, String, String) {
+    obj["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == t)
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (s("status"), s("reason"), s("message"))
+        })
+        .unwrap_or_default()
+}
+
+/// Ready means routable on Kubernetes: the controller asks every ready activator (the
+/// `ebb-activator-probe` endpoints) whether it routes the Route as its status says, and calls
+/// the Route (and the Service) Ready only once all do; the first request after Ready is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_calls_a_route_ready_once_every_activator_routes_it() {
+    let api = FakeApi::start().await;
+    api.put(json!({ "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "config-domain", "namespace": "ebb-system" }, "data": { "example.com": "" } }));
+    let app =
+        testkit::spawn_app(|_req| async { http::Response::new(testkit::full("from the pod")) })
+            .await;
+    let qp =
+        testkit::queue_proxy(app, "hello-00001", &[("QUEUE_BIND_ADDRESS", "127.0.0.25")]).await;
+    let (_activator, line) = api.start_binary(
+        env!("CARGO_BIN_EXE_ebb-activator"),
+        &[
+            ("EBB_ACTIVATOR_ADDRESS", "127.0.0.1:0"),
+            ("EBB_ACTIVATOR_INTERNAL_ADDRESS", "127.0.0.1:0"),
+            ("EBB_ACTIVATOR_METRICS_ADDRESS", "127.0.0.1:0"),
+        ],
+    );
+    let public = addr_after(&line, "public");
+    let metrics = addr_after(&line, "metrics");
+    // A second "activator" that never has the route (one that lags, or lost its watch).
+    let lagging = testkit::spawn_app(|_req| async {
+        let mut r = http::Response::new(testkit::full("not in this activator's table"));
+        *r.status_mut() = http::StatusCode::NOT_FOUND;
+        r
+    })
+    .await;
+    api.put(probe_slice("ebb-activator-probe-a", metrics.port()));
+    api.put(probe_slice("ebb-activator-probe-b", lagging.port()));
+    let (_controller, _) = api.start_binary(
+        env!("CARGO_BIN_EXE_ebb-controller"),
+        &[
+            ("EBB_CONTROLLER_ADDRESS", "127.0.0.1:0"),
+            ("SYSTEM_NAMESPACE", "ebb-system"),
+            ("POD_NAME", "controller-a"),
+        ],
+    );
+    api.put(json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": { "name": "hello", "namespace": "default" },
+        "spec": { "template": { "spec": { "containers": [{ "image": "ghcr.io/ebb/hello" }] } } },
+    }));
+    let wait = |what: &'static str, f: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !f() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{what}: not within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let api2 = api.clone();
+    tokio::task::spawn_blocking(move || {
+        let api = api2;
+        wait("deployment", &|| {
+            api.get("apps/v1/deployments", "default", "hello-00001-deployment").is_some()
+        });
+        let mut d = api
+            .get("apps/v1/deployments", "default", "hello-00001-deployment")
+            .unwrap();
+        d["status"] = json!({ "replicas": 1, "readyReplicas": 1, "availableReplicas": 1 });
+        api.put(d);
+        api.put(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": { "name": "hello-00001-abc", "namespace": "default",
+                          "labels": { "serving.knative.dev/revision": "hello-00001" } },
+            "addressType": "IPv4",
+            "ports": [{ "name": "http", "port": qp.serving.port(), "protocol": "TCP" }],
+            "endpoints": [{ "addresses": [qp.serving.ip().to_string()], "conditions": { "ready": true } }],
+        }));
+        // The Route resolves its traffic, the real activator routes it, the lagging one does
+        // not: IngressReady stays Unknown naming the activator behind, the Service not Ready.
+        wait("the route waiting on the lagging activator", &|| {
+            api.get("serving.knative.dev/v1/routes", "default", "hello")
+                .is_some_and(|r| {
+                    let (s, reason, message) = condition(&r, "IngressReady");
+                    !r["status"]["traffic"].is_null()
+                        && s == "Unknown"
+                        && reason == "Uninitialized"
+                        && message.contains(&lagging.to_string())
+                        && !message.contains(&metrics.to_string())
+                })
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let svc = api.get("serving.knative.dev/v1/services", "default", "hello").unwrap();
+        assert_ne!(condition(&svc, "Ready").0, "True", "{svc:#}");
+        assert_eq!(condition(&svc, "ConfigurationsReady").0, "True", "{svc:#}");
+        // What the real activator answers for it: the Route's fingerprint.
+        let (status, body) = get(metrics, "x", "/v1/routes/default/hello");
+        assert_eq!(status, 200);
+        assert!(body.contains("hello.default.example.com"), "{body}");
+        assert_eq!(get(metrics, "x", "/v1/routes/default/nope").0, 404);
+        assert_eq!(get(metrics, "x", "/readyz").0, 200);
+        // The lagging activator leaves: Ready, and the first request is served.
+        api.remove("discovery.k8s.io/v1/endpointslices", "ebb-system", "ebb-activator-probe-b");
+        wait("service ready", &|| {
+            api.get("serving.knative.dev/v1/services", "default", "hello")
+                .is_some_and(|s| condition(&s, "Ready").0 == "True")
+        });
+        assert_eq!(
+            get(public, "hello.default.example.com", "/"),
+            (200, "from the pod".to_string())
+        );
+    })
+    .await
+    .unwrap();
+}

@@ -59,6 +59,7 @@ async fn start_with(extra: &[(&str, &str, &str)]) -> FakeApi {
         "ebb-activator-internal.ebb-system.svc.cluster.local",
         Some("nginx".into()),
         "controller-0",
+        None,
     );
     let (_reload_tx, reload_rx) = tokio::sync::watch::channel(0);
     std::mem::forget(_reload_tx);
@@ -302,6 +303,7 @@ async fn transient_errors_are_retried_and_failing_pods_are_reported() {
         "activator.internal",
         None,
         "controller-0",
+        None,
     );
     let (_tx, rx) = tokio::sync::watch::channel(0);
     std::mem::forget(_tx);

@@ -98,6 +98,13 @@ fn every_component_is_locked_down_and_has_its_account_and_budget() {
         .collect();
     // ebb-controller's default EBB_ACTIVATOR_HOST and ebb-activator's EBB_AUTOSCALER_SERVICE.
     assert!(services.contains(&"ebb-activator-internal") && services.contains(&"ebb-autoscaler"));
+    // ebb-controller's default EBB_ACTIVATOR_PROBE_SERVICE: headless, one endpoint per
+    // activator, at the port the activator answers `/v1/routes/...` on.
+    let probe = of_kind("Service")
+        .find(|o| o["metadata"]["name"] == "ebb-activator-probe")
+        .expect("ebb-activator-probe");
+    assert_eq!(probe["spec"]["clusterIP"], "None");
+    assert_eq!(probe["spec"]["ports"][0]["targetPort"], "metrics");
 }
 
 /// The webhook configurations call the webhook's Service on the paths it serves, with the

@@ -370,6 +370,16 @@ impl Programmed {
         }
     }
 
+    /// The fingerprint of the Route `namespace/name` in the table (none under `Everything`).
+    pub fn fingerprint(&self, namespace: &str, name: &str) -> Option<&str> {
+        match self {
+            Programmed::Everything => None,
+            Programmed::Routes(m) => m
+                .get(&(namespace.to_string(), name.to_string()))
+                .map(String::as_str),
+        }
+    }
+
     /// The fingerprints of `routes` as they are stored (what a table built from them holds).
     pub fn of<'a>(routes: impl IntoIterator<Item = &'a Route>) -> Programmed {
         Programmed::Routes(

@@ -22,7 +22,7 @@ use activator::routes::{Listener, RoutingTable};
 use activator::throttler::Limits;
 use bytes::Bytes;
 use ebb_kubernetes::env_or;
-use ebb_kubernetes::gateway::{Reporter, watch_autoscalers, watch_inputs};
+use ebb_kubernetes::gateway::{Programmed, Reporter, watch_inputs, watch_service_endpoints};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -77,6 +77,7 @@ async fn run() -> anyhow::Result<()> {
     let revisions = Arc::new(Revisions::new(Limits::default()));
     let metrics = Arc::new(activator::metrics::Metrics::default());
     let (routes_tx, routes_rx) = watch::channel(Arc::new(RoutingTable::default()));
+    let (programmed_tx, programmed_rx) = watch::channel(None);
     let (targets_tx, targets_rx) = watch::channel(Vec::new());
     let reporter = Reporter::new(targets_rx);
     let gateway = |listener: Listener| {
@@ -111,19 +112,27 @@ async fn run() -> anyhow::Result<()> {
         tokio::spawn(watch_inputs(
             client.clone(),
             routes_tx,
+            programmed_tx,
             revisions.clone(),
             tag_header,
         )),
         tokio::spawn({
             let client = client.clone();
-            async move { watch_autoscalers(client, &namespace, &autoscaler_service, targets_tx).await }
+            async move {
+                watch_service_endpoints(client, &namespace, &autoscaler_service, targets_tx).await
+            }
         }),
         tokio::spawn(
             reporter
                 .clone()
                 .run(revisions.clone(), metrics.clone(), pod),
         ),
-        tokio::spawn(serve_metrics(metrics_listener, metrics, revisions)),
+        tokio::spawn(serve_metrics(
+            metrics_listener,
+            metrics,
+            revisions,
+            programmed_rx,
+        )),
     ];
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -142,24 +151,53 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The metrics listener: `/metrics`; `/healthz` (alive); `/readyz` (the Routes and
+/// DomainMappings listed and the table built from them); `/v1/routes/NS/NAME` (the Route's
+/// routing fingerprint as the table holds it, 404 when it holds none), which the controller
+/// asks of every activator before it calls a Route Ready.
 async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<activator::metrics::Metrics>,
     revisions: Arc<Revisions>,
+    programmed: watch::Receiver<Programmed>,
 ) {
     loop {
         let (stream, _) = http1::accept::accept(&listener).await;
-        let (metrics, revisions) = (metrics.clone(), revisions.clone());
+        let (metrics, revisions, programmed) =
+            (metrics.clone(), revisions.clone(), programmed.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(
-                move |req: http::Request<hyper::body::Incoming>| {
-                    let body = match req.uri().path() {
-                        "/metrics" => metrics.encode(&revisions),
-                        _ => "ok\n".to_string(),
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let path = req.uri().path();
+                    let table = programmed.borrow().clone();
+                    let (status, body) = if path == "/metrics" {
+                        (http::StatusCode::OK, metrics.encode(&revisions))
+                    } else if path == "/readyz" {
+                        match table {
+                            Some(_) => (http::StatusCode::OK, "ok\n".to_string()),
+                            None => (
+                                http::StatusCode::SERVICE_UNAVAILABLE,
+                                "the Routes are not listed yet\n".to_string(),
+                            ),
+                        }
+                    } else if let Some(rest) = path.strip_prefix("/v1/routes/") {
+                        let found = rest.split_once('/').and_then(|(ns, name)| {
+                            table.as_ref()?.fingerprint(ns, name).map(str::to_string)
+                        });
+                        match found {
+                            Some(f) => (http::StatusCode::OK, f),
+                            None => (
+                                http::StatusCode::NOT_FOUND,
+                                "not in this activator's table\n".to_string(),
+                            ),
+                        }
+                    } else {
+                        (http::StatusCode::OK, "ok\n".to_string())
                     };
-                    async move { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body)))) }
-                },
-            );
+                    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = status;
+                    async move { Ok::<_, Infallible>(r) }
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;

@@ -4,7 +4,9 @@
 //! Environment: `SYSTEM_NAMESPACE` (default ebb-system; config maps and the Lease), `POD_NAME`
 //! (leader identity), `EBB_ACTIVATOR_HOST` (the activator's internal Service host; default
 //! `ebb-activator-internal.{SYSTEM_NAMESPACE}.svc.cluster.local`), `EBB_INGRESS_CLASS`
-//! (Ingress class for public routes; default: the cluster's), `EBB_CONTROLLER_ADDRESS`
+//! (Ingress class for public routes; default: the cluster's), `EBB_ACTIVATOR_PROBE_SERVICE`
+//! (the headless Service whose ready endpoints are the activators' metrics listeners, asked
+//! before a Route is called Ready; default ebb-activator-probe), `EBB_CONTROLLER_ADDRESS`
 //! (health; default 0.0.0.0:8080), `EBB_LOG`.
 
 /// mimalloc: the proxy paths allocate per request, and glibc's allocator cost ~12% of the
@@ -60,7 +62,31 @@ async fn run_controller() -> anyhow::Result<()> {
     let initial = maps(cms.list(&Default::default()).await?.items.into_iter());
     let configs = Configs::from_maps(&initial)
         .map_err(|e| anyhow::anyhow!("config maps in {namespace}:\n{e}"))?;
-    let ctx = Context::new(client.clone(), configs, &activator, ingress_class, &pod);
+    // The activators' probe port (their metrics listener), from the headless Service
+    // `ebb-activator-probe`: a Route is Ready once every ready activator routes it.
+    let probe_service = env_or("EBB_ACTIVATOR_PROBE_SERVICE", "ebb-activator-probe");
+    let (activators_tx, activators_rx) = watch::channel(Vec::new());
+    let activators = {
+        let client = client.clone();
+        let namespace = namespace.clone();
+        tokio::spawn(async move {
+            ebb_kubernetes::gateway::watch_service_endpoints(
+                client,
+                &namespace,
+                &probe_service,
+                activators_tx,
+            )
+            .await
+        })
+    };
+    let ctx = Context::new(
+        client.clone(),
+        configs,
+        &activator,
+        ingress_class,
+        &pod,
+        Some(activators_rx),
+    );
 
     // Config maps are watched: a valid change is used at once (every Revision and Route is
     // reconciled again); an invalid one is reported and the last good configuration kept.
@@ -139,6 +165,7 @@ async fn run_controller() -> anyhow::Result<()> {
     let _ = elector.await;
     reloader.abort();
     health.abort();
+    activators.abort();
     Ok(())
 }
 
