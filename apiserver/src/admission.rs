@@ -42,10 +42,10 @@ fn label_part(s: &str) -> bool {
 fn check_meta(r: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
     let m = &obj["metadata"];
     let name = m["name"].as_str().unwrap_or_default();
-    // A DomainMapping's name is its domain (a subdomain, checked with its other rules).
+    // A DomainMapping's and a ClusterDomainClaim's name is a domain (a subdomain).
     let rule = if r.kind == "Namespace" {
         check_dns_label(name)
-    } else if r.custom && r.kind != "DomainMapping" {
+    } else if r.custom && !matches!(r.kind.as_str(), "DomainMapping" | "ClusterDomainClaim") {
         serving_api::naming::check_dns_1035_label(name)
     } else {
         check_dns_subdomain(name)
@@ -113,6 +113,14 @@ impl Admission {
         let status = obj.get("status").cloned();
         obj = match (r.group.as_str(), r.kind.as_str()) {
             ("serving.knative.dev", kind) => self.knative(kind, obj, old, user).map_err(invalid)?,
+            ("networking.internal.knative.dev", "ClusterDomainClaim") => {
+                let c: serving_api::ClusterDomainClaim = serde_json::from_value(obj.clone())
+                    .map_err(|e| invalid(vec![cause("<body>", e.to_string())]))?;
+                serving_api::validation::validate_cluster_domain_claim(&c)
+                    .map_err(knative_errors)
+                    .map_err(invalid)?;
+                obj
+            }
             ("", "ConfigMap") => config_map(obj, old).map_err(invalid)?,
             ("", "Secret") => secret(obj, old).map_err(invalid)?,
             ("", "Namespace") => {

@@ -309,6 +309,7 @@ impl Catalog {
             knative(serving_api::Revision::crd()),
             knative(serving_api::Route::crd()),
             knative(serving_api::DomainMapping::crd()),
+            knative(serving_api::ClusterDomainClaim::crd()),
             core(
                 "Namespace",
                 "namespaces",

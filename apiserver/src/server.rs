@@ -781,6 +781,9 @@ impl Api {
                     format!("namespaces {ns:?} not found"),
                 ));
             }
+        } else if let Some(m) = obj["metadata"].as_object_mut() {
+            // A cluster-scoped object has no namespace; the API server drops one sent.
+            m.remove("namespace");
         }
         Ok(())
     }

@@ -727,8 +727,9 @@ fn a_new_revision_rolls_out_gradually() {
 }
 
 /// A DomainMapping serves a custom domain with a Service's traffic: Ready with its URL once the
-/// Service is, the gateway answering that Host; a second namespace's mapping of the same domain
-/// is refused (DomainAlreadyClaimed); a mapping to nothing says so; TLS is refused locally.
+/// Service is, the gateway answering that Host; its ClusterDomainClaim made for it; a second
+/// namespace's mapping of the same domain is refused (DomainAlreadyClaimed) until the first is
+/// deleted; a mapping to nothing says so; TLS is refused locally.
 #[test]
 fn a_domain_mapping_serves_a_custom_domain() {
     let ebb = Ebb::start();
@@ -804,6 +805,23 @@ fn a_domain_mapping_serves_a_custom_domain() {
                 == ("False".into(), "DomainAlreadyClaimed".into())
         },
     );
+    // The first mapping claimed the domain for its namespace (a ClusterDomainClaim, made
+    // because local mode autocreates claims); deleting it releases the claim, and the other
+    // namespace's mapping takes the domain.
+    let claim = ebb.api_get(
+        "/apis/networking.internal.knative.dev/v1alpha1/clusterdomainclaims/shop.example.test",
+    );
+    assert_eq!(claim["spec"]["namespace"], "default", "{claim}");
+    ebb.ok(&["delete", "dm", "shop.example.test", "-n", "default"]);
+    wait_until(
+        "the other namespace's mapping claims the domain",
+        Duration::from_secs(15),
+        || condition("other", "shop.example.test", "DomainClaimed").0 == "True",
+    );
+    let claim = ebb.api_get(
+        "/apis/networking.internal.knative.dev/v1alpha1/clusterdomainclaims/shop.example.test",
+    );
+    assert_eq!(claim["spec"]["namespace"], "other", "{claim}");
     // A mapping to no Service, and one with TLS.
     ebb.cli_stdin(
         &["apply", "-f", "-"],
@@ -845,6 +863,97 @@ fn a_domain_mapping_serves_a_custom_domain() {
     assert!(!out.status.success());
     assert!(
         err.contains("metadata.name") && err.contains("spec.ref.kind"),
+        "{err}"
+    );
+}
+
+/// With config-network's `autocreate-cluster-domain-claims: "false"` (Knative's default), a
+/// DomainMapping holds its domain only once a ClusterDomainClaim delegates it to the mapping's
+/// namespace; a claim for another namespace keeps it refused; an invalid claim is refused at
+/// admission naming the field.
+#[test]
+fn a_domain_mapping_waits_for_its_cluster_domain_claim() {
+    let config = config_with(
+        "config-network",
+        &[("autocreate-cluster-domain-claims", "false")],
+    );
+    let ebb = Ebb::start_with(&["--config", config.to_str().unwrap()]);
+    ebb.apply(&service_yaml(
+        "hello",
+        "hello",
+        &[],
+        &[("TARGET", "claimed")],
+    ));
+    let claim = |ns: &str| {
+        format!(
+            "apiVersion: networking.internal.knative.dev/v1alpha1\nkind: ClusterDomainClaim\nmetadata:\n  name: api.example.test\nspec:\n  namespace: {ns}\n"
+        )
+    };
+    ebb.apply(
+        "apiVersion: serving.knative.dev/v1beta1\nkind: DomainMapping\nmetadata:\n  name: api.example.test\n  namespace: default\nspec:\n  ref:\n    kind: Service\n    name: hello\n    apiVersion: serving.knative.dev/v1\n",
+    );
+    let claimed = || {
+        let v = ebb.api_get(
+            "/apis/serving.knative.dev/v1beta1/namespaces/default/domainmappings/api.example.test",
+        );
+        v["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "DomainClaimed")
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or("").to_string(),
+                    c["message"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .unwrap_or_default()
+    };
+    wait_until("refused without a claim", Duration::from_secs(15), || {
+        let (s, m) = claimed();
+        s == "False" && m.contains("autocreate-cluster-domain-claims")
+    });
+    // A claim for another namespace does not help; one for this namespace does.
+    ebb.apply(&claim("other"));
+    wait_until(
+        "refused: another namespace's",
+        Duration::from_secs(15),
+        || {
+            let (s, m) = claimed();
+            s == "False" && m.contains("\"other\"")
+        },
+    );
+    let (code, _) = rt().block_on(request(
+        &http_client(),
+        ebb.gateway,
+        "api.example.test",
+        "/",
+    ));
+    assert_eq!(code, 404, "not served while the domain is not claimed");
+    ebb.apply(&claim("default"));
+    wait_until("claimed", Duration::from_secs(15), || claimed().0 == "True");
+    wait_until("served", Duration::from_secs(15), || {
+        rt().block_on(request(
+            &http_client(),
+            ebb.gateway,
+            "api.example.test",
+            "/",
+        )) == (200, "Hello claimed! (hello-00001)\n".to_string())
+    });
+    // Deleting the mapping leaves an administrator's claim alone.
+    ebb.ok(&["delete", "dm", "api.example.test", "-n", "default"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let kept = ebb.api_get(
+        "/apis/networking.internal.knative.dev/v1alpha1/clusterdomainclaims/api.example.test",
+    );
+    assert_eq!(kept["spec"]["namespace"], "default", "{kept}");
+    let out = ebb.cli_stdin(
+        &["apply", "-f", "-"],
+        Some(&claim("Not_A_Namespace").replace("api.example.test", "bad.example.test")),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("spec.namespace"),
         "{err}"
     );
 }

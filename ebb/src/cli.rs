@@ -239,8 +239,9 @@ pub fn kind_name(s: &str) -> anyhow::Result<&'static str> {
         "route" | "routes" | "rt" => "Route",
         "configuration" | "configurations" | "config" | "configs" | "cfg" => "Configuration",
         "domainmapping" | "domainmappings" | "dm" => "DomainMapping",
+        "clusterdomainclaim" | "clusterdomainclaims" | "cdc" => "ClusterDomainClaim",
         other => anyhow::bail!(
-            "unknown kind {other:?}: use services (ksvc), revisions (rev), routes (rt), configurations (config) or domainmappings (dm)"
+            "unknown kind {other:?}: use services (ksvc), revisions (rev), routes (rt), configurations (config), domainmappings (dm) or clusterdomainclaims (cdc)"
         ),
     })
 }
@@ -377,7 +378,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
                     .map_err(|e| anyhow::anyhow!("-f {f}: not valid YAML: {e}"))?;
                 for mut d in docs.into_iter().filter(|d| !d.is_null()) {
-                    if d["metadata"]["namespace"].is_null() && d.is_object() {
+                    let cluster_scoped =
+                        matches!(d["kind"].as_str(), Some("Namespace" | "ClusterDomainClaim"));
+                    if d["metadata"]["namespace"].is_null() && d.is_object() && !cluster_scoped {
                         d["metadata"]["namespace"] = json!(ns);
                     }
                     objs.push(d);

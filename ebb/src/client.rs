@@ -83,11 +83,15 @@ pub struct Applied {
 
 /// The kind of `apiVersion` the CLI applies, if served.
 fn served(api_version: &str, kind: &str) -> Option<&'static str> {
-    const KINDS: [(&str, &str); 7] = [
+    const KINDS: [(&str, &str); 8] = [
         ("serving.knative.dev/v1", "Service"),
         ("serving.knative.dev/v1", "Configuration"),
         ("serving.knative.dev/v1", "Route"),
         ("serving.knative.dev/v1beta1", "DomainMapping"),
+        (
+            "networking.internal.knative.dev/v1alpha1",
+            "ClusterDomainClaim",
+        ),
         ("v1", "ConfigMap"),
         ("v1", "Secret"),
         ("v1", "Namespace"),
@@ -112,6 +116,12 @@ pub fn api_resource(kind: &str) -> ApiResource {
             return ApiResource::from_gvk_with_plural(
                 &GroupVersionKind::gvk("serving.knative.dev", "v1beta1", kind),
                 "domainmappings",
+            );
+        }
+        "ClusterDomainClaim" => {
+            return ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("networking.internal.knative.dev", "v1alpha1", kind),
+                "clusterdomainclaims",
             );
         }
         _ => ("serving.knative.dev", "routes"),
@@ -198,7 +208,9 @@ impl Client {
     fn api(&self, kind: &str, ns: Option<&str>) -> Api<DynamicObject> {
         let ar = api_resource(kind);
         match ns {
-            Some(ns) if kind != "Namespace" => Api::namespaced_with(self.kube.clone(), ns, &ar),
+            Some(ns) if !matches!(kind, "Namespace" | "ClusterDomainClaim") => {
+                Api::namespaced_with(self.kube.clone(), ns, &ar)
+            }
             _ => Api::all_with(self.kube.clone(), &ar),
         }
     }
@@ -251,7 +263,7 @@ impl Client {
             let av = o["apiVersion"].as_str().unwrap_or_default();
             if served(av, &kind).is_none() {
                 errors.push(format!(
-                    "{kind} {ns}/{name}: apiVersion {av:?}, kind {kind:?}: not served (serving.knative.dev/v1 Service, Configuration, Route; serving.knative.dev/v1beta1 DomainMapping; v1 ConfigMap, Secret, Namespace)"
+                    "{kind} {ns}/{name}: apiVersion {av:?}, kind {kind:?}: not served (serving.knative.dev/v1 Service, Configuration, Route; serving.knative.dev/v1beta1 DomainMapping; networking.internal.knative.dev/v1alpha1 ClusterDomainClaim; v1 ConfigMap, Secret, Namespace)"
                 ));
                 continue;
             }

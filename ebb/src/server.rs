@@ -104,7 +104,14 @@ impl Settings {
             let result = match name.as_str() {
                 "config-defaults" => DefaultsConfig::from_map(&data).map(|c| s.defaults = c),
                 "config-autoscaler" => AutoscalerConfig::from_map(&data).map(|c| s.autoscaler = c),
-                "config-network" => NetworkConfig::from_map(&data).map(|c| s.network = c),
+                "config-network" => NetworkConfig::from_map(&data).map(|mut c| {
+                    // Unset, local mode's own default (LocalConfig) holds.
+                    if !data.contains_key("autocreate-cluster-domain-claims") {
+                        c.autocreate_cluster_domain_claims =
+                            s.network.autocreate_cluster_domain_claims;
+                    }
+                    s.network = c
+                }),
                 "config-domain" => DomainConfig::from_map(&data).map(|c| s.domains = c),
                 "config-deployment" => DeploymentConfig::from_map(&data).map(|c| s.deployment = c),
                 "config-gc" => serving_api::config::GcConfig::from_map(&data).map(|c| s.gc = c),

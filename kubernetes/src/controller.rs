@@ -63,6 +63,8 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("{0} has no namespace")]
     NoNamespace(String),
+    #[error("{0}")]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 /// The config maps the controller reads, reloaded when they change.
@@ -665,7 +667,46 @@ pub fn desired_domain_ingress(dm: &serving_api::DomainMapping, class: Option<&st
     }
 }
 
+/// The finalizer a DomainMapping carries so that a claim made for it goes with it (Knative's).
+pub const DOMAIN_MAPPING_FINALIZER: &str = "domainmappings.serving.knative.dev";
+
+/// A DomainMapping through its finalizer: applied while it lives; when it is deleted, the
+/// ClusterDomainClaim made for it (autocreate) is deleted before it goes.
 async fn reconcile_domain_mapping(
+    dm: Arc<serving_api::DomainMapping>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+    let ns = ns_of(dm.as_ref())?;
+    let api = Api::<serving_api::DomainMapping>::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, DOMAIN_MAPPING_FINALIZER, dm, |event| async {
+        match event {
+            Finalizer::Apply(dm) => apply_domain_mapping(dm, ctx.clone()).await,
+            Finalizer::Cleanup(dm) => release_domain_claim(dm, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Delete the claim this mapping's reconciler made (labelled autocreated, for its namespace);
+/// an administrator's claim stays.
+async fn release_domain_claim(
+    dm: Arc<serving_api::DomainMapping>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let claims = Api::<serving_api::ClusterDomainClaim>::all(ctx.client.clone());
+    let name = dm.name_any();
+    if let Some(c) = claims.get_opt(&name).await? {
+        let stale = serving_controller::domainmapping::stale_claims(std::slice::from_ref(&c), &[]);
+        if !stale.is_empty() && Some(c.spec.namespace.as_str()) == dm.namespace().as_deref() {
+            claims.delete(&name, &Default::default()).await?;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+async fn apply_domain_mapping(
     dm: Arc<serving_api::DomainMapping>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
@@ -690,16 +731,27 @@ async fn reconcile_domain_mapping(
         .await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
-    let mappings = Api::<serving_api::DomainMapping>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
+    // The domain's ClusterDomainClaim, made for the mapping's namespace when config-network
+    // allows (another mapping's creation racing this one wins; this one looks again).
+    let claims = Api::<serving_api::ClusterDomainClaim>::all(ctx.client.clone());
+    let existing: Vec<_> = claims.get_opt(&name).await?.into_iter().collect();
+    let autocreate = ctx.configs().network.autocreate_cluster_domain_claims;
+    let claim = serving_controller::domainmapping::claim(&dm, &existing, autocreate);
+    if let serving_controller::domainmapping::Claim::Create(new) = &claim {
+        match claims.create(&PostParams::default(), new.as_ref()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                return Ok(Action::requeue(Duration::from_millis(100)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let routes = Api::<Route>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default())
         .await?
         .items;
     let status =
-        serving_controller::domainmapping::domain_mapping_status(&dm, &mappings, &routes, true);
+        serving_controller::domainmapping::domain_mapping_status(&dm, &claim, &routes, true);
     let mut with_status = dm.as_ref().clone();
     with_status.status = Some(status.clone());
     let ingresses = Api::<Ingress>::namespaced(ctx.client.clone(), &ns);

@@ -1,6 +1,6 @@
 //! `ebb-webhook`: Knative's admission webhook for Ebb's kinds on Kubernetes. The API server
-//! sends every create and update of a Service, Configuration, Route, Revision or DomainMapping
-//! here before storing it: the mutating hook (`/defaulting`) answers a JSON Patch with the
+//! sends every create and update of a Service, Configuration, Route, Revision, DomainMapping or
+//! ClusterDomainClaim here before storing it: the mutating hook (`/defaulting`) answers a JSON Patch with the
 //! defaults and `serving.knative.dev/creator`/`lastModifier` from the request's userInfo; the
 //! validating hook (`/validation`) refuses an invalid object with every violated rule at once,
 //! including the update rules that need the old object. Both run the admission shared with
@@ -83,7 +83,9 @@ pub fn review(hook: Hook, body: &[u8], rules: Rules<'_>) -> Result<Value, BadRev
     let kind = req["kind"]["kind"].as_str().unwrap_or_default();
     let operation = req["operation"].as_str().unwrap_or_default();
     let sub = req["subResource"].as_str().unwrap_or_default();
-    if group != serving_api::GROUP || !sub.is_empty() || !matches!(operation, "CREATE" | "UPDATE") {
+    let ours = group == serving_api::GROUP
+        || (group == "networking.internal.knative.dev" && kind == "ClusterDomainClaim");
+    if !ours || !sub.is_empty() || !matches!(operation, "CREATE" | "UPDATE") {
         return Ok(answer(json!({"allowed": true})));
     }
     let object = req["object"].clone();
@@ -458,6 +460,20 @@ mod tests {
             .is_err()
         );
         assert!(with_rules(|r| review(Hook::Validation, b"nope", r)).is_err());
+        // A ClusterDomainClaim is validated (its namespace a namespace name).
+        let claim = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u-3", "kind": {"group": "networking.internal.knative.dev", "version": "v1alpha1", "kind": "ClusterDomainClaim"},
+            "operation": "CREATE", "object": {"apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "ClusterDomainClaim",
+                "metadata": {"name": "shop.example.com"}, "spec": {"namespace": "Not_A_Namespace"}}}});
+        let out = with_rules(|r| review(Hook::Validation, claim.to_string().as_bytes(), r))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out["response"]["allowed"], false, "{out}");
+        assert!(
+            out["response"]["status"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("spec.namespace")
+        );
     }
 
     #[test]

@@ -575,6 +575,18 @@ async fn a_domain_mapping_gets_an_ingress_and_status() {
                       "tls": { "secretName": "shop-cert" } } })
     };
     api.put(mapping("default"));
+    // Knative's default: no ClusterDomainClaim, no domain (and nothing exposed).
+    eventually("refused without a claim", || {
+        api.get(MAPPINGS, "default", "shop.example.org")
+            .filter(|d| {
+                condition(d, "DomainClaimed") == ("False".into(), "DomainAlreadyClaimed".into())
+            })
+    })
+    .await;
+    assert!(api.get(INGRESSES, "default", "shop.example.org").is_none());
+    // A cluster administrator delegates the domain to the namespace.
+    api.put(json!({ "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "ClusterDomainClaim",
+        "metadata": { "name": "shop.example.org" }, "spec": { "namespace": "default" } }));
     let ingress = eventually("the mapping's ingress", || {
         api.get(INGRESSES, "default", "shop.example.org")
     })
@@ -601,4 +613,67 @@ async fn a_domain_mapping_gets_an_ingress_and_status() {
     })
     .await;
     assert!(api.get(INGRESSES, "other", "shop.example.org").is_none());
+}
+
+/// With `autocreate-cluster-domain-claims: "true"`, a DomainMapping makes its own claim
+/// (labelled as made for it) and carries Knative's finalizer; deleting the mapping deletes that
+/// claim before the mapping goes, and the domain is free for another namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autocreated_domain_claim_goes_with_its_mapping() {
+    const MAPPINGS: &str = "serving.knative.dev/v1beta1/domainmappings";
+    const CLAIMS: &str = "networking.internal.knative.dev/v1alpha1/clusterdomainclaims";
+    let api = start_with(&[("config-network", "autocreate-cluster-domain-claims", "true")]).await;
+    api.put(service("one", None));
+    let mapping = |ns: &str| {
+        json!({ "apiVersion": "serving.knative.dev/v1beta1", "kind": "DomainMapping",
+            "metadata": { "name": "api.example.org", "namespace": ns, "generation": 1 },
+            "spec": { "ref": { "kind": "Service", "name": "hello", "apiVersion": "serving.knative.dev/v1" } } })
+    };
+    api.put(mapping("default"));
+    let claim = eventually("the claim made", || api.get(CLAIMS, "", "api.example.org")).await;
+    assert_eq!(claim["spec"]["namespace"], "default");
+    assert_eq!(
+        claim["metadata"]["labels"]["networking.ebb.dev/autocreated"],
+        "true"
+    );
+    eventually("the finalizer", || {
+        api.get(MAPPINGS, "default", "api.example.org")
+            .filter(|d| d["metadata"]["finalizers"][0] == "domainmappings.serving.knative.dev")
+    })
+    .await;
+    eventually("claimed", || {
+        api.get(MAPPINGS, "default", "api.example.org")
+            .filter(|d| condition(d, "DomainClaimed").0 == "True")
+    })
+    .await;
+    // Another namespace's mapping is refused while the claim stands.
+    api.put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}));
+    api.put(mapping("other"));
+    eventually("the other refused", || {
+        api.get(MAPPINGS, "other", "api.example.org").filter(|d| {
+            condition(d, "DomainClaimed") == ("False".into(), "DomainAlreadyClaimed".into())
+        })
+    })
+    .await;
+    // Deleted through the API: the claim goes, then the mapping; the other namespace takes it.
+    let client = ebb_kubernetes::client_for(&api.url()).unwrap();
+    kube::Api::<serving_api::DomainMapping>::namespaced(client, "default")
+        .delete("api.example.org", &Default::default())
+        .await
+        .unwrap();
+    eventually("the mapping gone", || {
+        api.get(MAPPINGS, "default", "api.example.org")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let claim = eventually("claimed by the other namespace", || {
+        api.get(CLAIMS, "", "api.example.org")
+            .filter(|c| c["spec"]["namespace"] == "other")
+    })
+    .await;
+    assert_eq!(
+        claim["metadata"]["labels"]["networking.ebb.dev/autocreated"],
+        "true"
+    );
 }

@@ -163,6 +163,7 @@ fn webhook_configurations_match_the_webhook() {
                 "routes",
                 "revisions",
                 "domainmappings",
+                "clusterdomainclaims",
             ] {
                 assert!(resources.contains(&r), "{kind}: {r}");
             }

@@ -104,6 +104,12 @@ pub fn admit(
     rules: Rules<'_>,
 ) -> Result<Value, ValidationErrors> {
     let cfg = rules.validation;
+    // `networking.internal.knative.dev`: a claim is only validated.
+    if kind == "ClusterDomainClaim" {
+        let c: crate::ClusterDomainClaim = typed(kind, obj)?;
+        validation::validate_cluster_domain_claim(&c)?;
+        return untyped(&c);
+    }
     // A Revision's update is stored as written (its spec, compared defaulted, is unchanged).
     let raw_update = (kind == "Revision" && old.is_some()).then(|| obj.clone());
     let new = Typed::of(kind, obj, rules)?;

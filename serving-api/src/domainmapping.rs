@@ -83,3 +83,31 @@ pub struct DomainMappingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Addressable>,
 }
+
+/// `ClusterDomainClaim` (`networking.internal.knative.dev/v1alpha1`, cluster-scoped): the
+/// domain of its name is delegated to one namespace, whose DomainMappings may then serve it.
+/// Created by a cluster administrator, or by the DomainMapping reconciler when config-network's
+/// `autocreate-cluster-domain-claims` is true.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "networking.internal.knative.dev",
+    version = "v1alpha1",
+    kind = "ClusterDomainClaim",
+    derive = "PartialEq",
+    derive = "Default",
+    shortname = "cdc",
+    category = "knative-internal",
+    category = "networking",
+    printcolumn(name = "Namespace", type_ = "string", json_path = ".spec.namespace")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterDomainClaimSpec {
+    /// The namespace the domain is delegated to.
+    pub namespace: String,
+}
+
+/// Label on a ClusterDomainClaim the DomainMapping reconciler created (autocreate): such a
+/// claim is deleted again once no DomainMapping of its namespace maps the domain, as Knative's
+/// reconciler deletes the claim it made when the mapping goes. Claims without it are an
+/// administrator's and never touched.
+pub const AUTOCREATED: &str = "networking.ebb.dev/autocreated";

@@ -26,7 +26,10 @@ pub use condition::{Condition, ConditionStatus};
 pub use configuration::{
     Configuration, ConfigurationSpec, ConfigurationStatus, RevisionTemplateSpec,
 };
-pub use domainmapping::{DomainMapping, DomainMappingSpec, DomainMappingStatus};
+pub use domainmapping::{
+    ClusterDomainClaim, ClusterDomainClaimSpec, DomainMapping, DomainMappingSpec,
+    DomainMappingStatus,
+};
 pub use revision::{Revision, RevisionSpec, RevisionStatus};
 pub use route::{Addressable, Route, RouteSpec, RouteStatus, TrafficTarget};
 pub use service::{Service, ServiceSpec, ServiceStatus};

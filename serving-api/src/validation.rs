@@ -235,6 +235,31 @@ pub fn validate_domain_mapping(dm: &crate::DomainMapping) -> Result<(), Validati
     e.finish()
 }
 
+/// A ClusterDomainClaim: its name a domain (a DNS-1123 subdomain), `spec.namespace` a
+/// namespace name.
+pub fn validate_cluster_domain_claim(
+    c: &crate::ClusterDomainClaim,
+) -> Result<(), ValidationErrors> {
+    let mut e = Errors::default();
+    match c.metadata.name.as_deref() {
+        None | Some("") => e.push("metadata.name", "required (the domain delegated)"),
+        Some(n) => {
+            if let Err(m) = naming::check_dns_subdomain(n) {
+                e.invalid("metadata.name", n, m);
+            }
+        }
+    }
+    if c.spec.namespace.is_empty() {
+        e.push(
+            "spec.namespace",
+            "required (the namespace the domain is delegated to)",
+        );
+    } else if let Err(m) = naming::check_dns_label(&c.spec.namespace) {
+        e.invalid("spec.namespace", &c.spec.namespace, m);
+    }
+    e.finish()
+}
+
 pub fn validate_revision(r: &Revision, cfg: &ValidationConfig) -> Result<(), ValidationErrors> {
     let mut e = Errors::default();
     match r.metadata.name.as_deref() {

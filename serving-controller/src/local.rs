@@ -43,7 +43,13 @@ impl Default for LocalConfig {
         // Local mode serves `http://{name}.{namespace}.localhost` (browsers resolve
         // *.localhost to loopback).
         LocalConfig {
-            network: NetworkConfig::default(),
+            // A DomainMapping claims its domain itself: one user owns every namespace here, so
+            // a ClusterDomainClaim made by hand first would guard nothing (Knative's default
+            // is false; `--config` may set it).
+            network: NetworkConfig {
+                autocreate_cluster_domain_claims: true,
+                ..NetworkConfig::default()
+            },
             domains: DomainConfig::single("localhost"),
             gc: serving_api::config::GcConfig::default(),
             features: serving_api::config::FeaturesConfig::default(),
@@ -383,8 +389,17 @@ pub fn reconcile_with(
     // DomainMappings: a custom domain for a Service's or Route's traffic (plain HTTP locally).
     let routes_now = list::<Route>(store, "Route")?;
     let mappings = list::<serving_api::DomainMapping>(store, "DomainMapping")?;
+    let mut claims = list::<serving_api::ClusterDomainClaim>(store, "ClusterDomainClaim")?;
     for dm in &mappings {
-        let status = crate::domainmapping::domain_mapping_status(dm, &mappings, &routes_now, false);
+        let claim =
+            crate::domainmapping::claim(dm, &claims, cfg.network.autocreate_cluster_domain_claims);
+        if let crate::domainmapping::Claim::Create(new) = &claim {
+            // Seen by the mappings after this one in the same pass (one namespace wins).
+            store.create(to_value(new)?)?;
+            claims.push(new.as_ref().clone());
+            writes += 1;
+        }
+        let status = crate::domainmapping::domain_mapping_status(dm, &claim, &routes_now, false);
         writes += usize::from(write_status(
             store,
             "DomainMapping",
@@ -393,6 +408,13 @@ pub fn reconcile_with(
             status,
             now,
         )?);
+    }
+    // Claims made for mappings that are gone go with them.
+    for stale in crate::domainmapping::stale_claims(&claims, &mappings) {
+        if let Some(name) = &stale.metadata.name {
+            store.delete("ClusterDomainClaim", "", name)?;
+            writes += 1;
+        }
     }
 
     // Service status from its children.

@@ -129,7 +129,7 @@ pub struct Store {
 pub const HISTORY: usize = 1024;
 
 /// Kinds that live outside namespaces.
-pub const CLUSTER_SCOPED: [&str; 1] = ["Namespace"];
+pub const CLUSTER_SCOPED: [&str; 2] = ["Namespace", "ClusterDomainClaim"];
 
 /// What happens to the objects a deleted object owns (Kubernetes' `propagationPolicy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

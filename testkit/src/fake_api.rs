@@ -4,9 +4,11 @@
 //! What it does: objects of any resource (with `metadata.generation` bumped on spec changes) kept by collection (`{group}/{version}/{plural}`),
 //! namespace and name; list (with `labelSelector` equality terms), `watch=true` streams of
 //! newline-delimited WatchEvents (replayed from `resourceVersion`, then live), get, create
-//! (409 if present), replace (409 on a stale resourceVersion), JSON merge patch for every patch
-//! type (enough for `/scale` and `/status`), server-side apply approximated (creates what is
-//! missing, else a merge that keeps fields others set), delete. Every request is recorded.
+//! (409 if present), replace (409 on a stale resourceVersion), JSON Patch (RFC 6902), JSON merge
+//! patch for the other patch types (enough for `/scale` and `/status`), server-side apply
+//! approximated (creates what is missing, else a merge that keeps fields others set), delete
+//! (an object with finalizers is marked with a deletionTimestamp and goes once they are
+//! removed). Every request is recorded.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -161,6 +163,60 @@ fn selects(selector: Option<&String>, obj: &Value) -> bool {
             None => !labels[term].is_null(),
         }
     })
+}
+
+/// RFC 6902 JSON Patch (add, remove, replace, test), as the API server applies
+/// `application/json-patch+json`; an error names the failing operation.
+pub fn json_patch_apply(doc: &Value, ops: &Value) -> Result<Value, String> {
+    let mut doc = doc.clone();
+    let unescape = |t: &str| t.replace("~1", "/").replace("~0", "~");
+    for op in ops.as_array().ok_or("a JSON Patch is an array")? {
+        let path = op["path"].as_str().ok_or("op without a path")?;
+        let kind = op["op"].as_str().unwrap_or_default();
+        if kind == "test" {
+            // A missing member tests equal to null, as the API server's patch library has it
+            // (kube's finalizer helper relies on this).
+            if doc.pointer(path).unwrap_or(&Value::Null) != &op["value"] {
+                return Err(format!("test failed at {path}"));
+            }
+            continue;
+        }
+        let (parent, last) = path.rsplit_once('/').ok_or("path must start with /")?;
+        let last = unescape(last);
+        let target = doc
+            .pointer_mut(parent)
+            .ok_or_else(|| format!("no parent for {path}"))?;
+        match (kind, target) {
+            ("remove", Value::Object(m)) => {
+                m.remove(&last)
+                    .ok_or_else(|| format!("nothing at {path}"))?;
+            }
+            ("remove", Value::Array(a)) => {
+                let i: usize = last.parse().map_err(|_| format!("bad index in {path}"))?;
+                if i >= a.len() {
+                    return Err(format!("nothing at {path}"));
+                }
+                a.remove(i);
+            }
+            ("add" | "replace", Value::Object(m)) => {
+                m.insert(last, op["value"].clone());
+            }
+            ("add", Value::Array(a)) if last == "-" => a.push(op["value"].clone()),
+            ("add", Value::Array(a)) => {
+                let i: usize = last.parse().map_err(|_| format!("bad index in {path}"))?;
+                if i > a.len() {
+                    return Err(format!("index out of range in {path}"));
+                }
+                a.insert(i, op["value"].clone());
+            }
+            ("replace", Value::Array(a)) => {
+                let i: usize = last.parse().map_err(|_| format!("bad index in {path}"))?;
+                *a.get_mut(i).ok_or_else(|| format!("nothing at {path}"))? = op["value"].clone();
+            }
+            (other, _) => return Err(format!("unsupported op {other:?} at {path}")),
+        }
+    }
+    Ok(doc)
 }
 
 /// RFC 7386 JSON merge patch.
@@ -328,6 +384,15 @@ impl FakeApi {
             None => obj["metadata"]["generation"].as_i64().unwrap_or(1),
         };
         obj["metadata"]["generation"] = json!(generation);
+        if !obj["metadata"]["deletionTimestamp"].is_null()
+            && obj["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty())
+            && s.objects.remove(&key).is_some()
+        {
+            self.record(&mut s, &coll, "DELETED", obj.clone());
+            return obj;
+        }
         let kind = if s.objects.contains_key(&key) {
             "MODIFIED"
         } else {
@@ -398,6 +463,10 @@ impl FakeApi {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+        let json_patch = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json-patch"));
         let q = query(&uri);
         {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -593,6 +662,10 @@ impl FakeApi {
                         merge(&mut obj["status"], &body["status"]);
                         json_response(StatusCode::OK, &self.write(obj, dry))
                     }
+                    _ if json_patch => match json_patch_apply(&obj, &body) {
+                        Ok(patched) => json_response(StatusCode::OK, &self.write(patched, dry)),
+                        Err(e) => status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e),
+                    },
                     _ => {
                         let mut patch = body;
                         if let Some(m) = patch["metadata"].as_object_mut() {
@@ -610,7 +683,21 @@ impl FakeApi {
                 }
             }
             (Method::DELETE, Some(name)) => {
-                match self.remove(&p.collection, p.namespace.as_deref().unwrap_or(""), &name) {
+                let ns = p.namespace.clone().unwrap_or_default();
+                // An object with finalizers is only marked for deletion (deletionTimestamp);
+                // it goes when the last finalizer is removed.
+                if let Some(mut obj) = self.get(&p.collection, &ns, &name)
+                    && obj["metadata"]["finalizers"]
+                        .as_array()
+                        .is_some_and(|f| !f.is_empty())
+                {
+                    if obj["metadata"]["deletionTimestamp"].is_null() {
+                        obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                        obj = self.write(obj, dry);
+                    }
+                    return json_response(StatusCode::OK, &obj);
+                }
+                match self.remove(&p.collection, &ns, &name) {
                     Some(v) => json_response(StatusCode::OK, &v),
                     None => status(
                         StatusCode::NOT_FOUND,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use kube::CustomResourceExt;
-use serving_api::{Configuration, DomainMapping, Revision, Route, Service};
+use serving_api::{ClusterDomainClaim, Configuration, DomainMapping, Revision, Route, Service};
 
 /// Each generated file: its path under the repository root and its content.
 pub fn generated() -> anyhow::Result<Vec<(PathBuf, String)>> {
@@ -14,6 +14,10 @@ pub fn generated() -> anyhow::Result<Vec<(PathBuf, String)>> {
         ("config/crds/revision.yaml", Revision::crd()),
         ("config/crds/route.yaml", Route::crd()),
         ("config/crds/domainmapping.yaml", DomainMapping::crd()),
+        (
+            "config/crds/clusterdomainclaim.yaml",
+            ClusterDomainClaim::crd(),
+        ),
     ];
     let mut out = Vec::new();
     for (path, crd) in crds {

@@ -22,6 +22,10 @@ pub struct NetworkConfig {
     pub ingress_class: String,
     /// `rollout-duration`: how long traffic takes to move to a new latest revision (0: at once).
     pub rollout_duration: std::time::Duration,
+    /// `autocreate-cluster-domain-claims`: a DomainMapping claims its domain for its namespace
+    /// by creating the ClusterDomainClaim itself (false, Knative's default: a cluster
+    /// administrator creates the claim first).
+    pub autocreate_cluster_domain_claims: bool,
 }
 
 impl Default for NetworkConfig {
@@ -32,6 +36,7 @@ impl Default for NetworkConfig {
             default_external_scheme: "http".into(),
             ingress_class: String::new(),
             rollout_duration: std::time::Duration::ZERO,
+            autocreate_cluster_domain_claims: false,
         }
     }
 }
@@ -44,6 +49,10 @@ impl NetworkConfig {
         r.string("tag-template", &mut c.tag_template);
         r.string("default-external-scheme", &mut c.default_external_scheme);
         r.string("ingress-class", &mut c.ingress_class);
+        r.boolean(
+            "autocreate-cluster-domain-claims",
+            &mut c.autocreate_cluster_domain_claims,
+        );
         if let Some(v) = r.raw("rollout-duration") {
             match v
                 .parse::<u64>()
