@@ -325,6 +325,50 @@ async fn controller_calls_a_route_ready_once_every_activator_routes_it() {
             get(public, "hello.default.example.com", "/"),
             (200, "from the pod".to_string())
         );
+        // Many Services applied at once: each one's first request, sent the moment it is seen
+        // Ready, is served (never `404 no route for host`).
+        let names: Vec<String> = (0..12).map(|i| format!("par{i}")).collect();
+        for n in &names {
+            api.put(json!({
+                "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+                "metadata": { "name": n, "namespace": "default" },
+                "spec": { "template": { "spec": { "containers": [{ "image": "ghcr.io/ebb/hello" }] } } },
+            }));
+        }
+        let mut pending: std::collections::BTreeSet<String> = names.iter().cloned().collect();
+        let mut started: std::collections::BTreeSet<String> = Default::default();
+        let begun = Instant::now();
+        while !pending.is_empty() {
+            assert!(begun.elapsed() < Duration::from_secs(90), "not Ready: {pending:?}");
+            for n in pending.clone() {
+                let rev = format!("{n}-00001");
+                if !started.contains(&n)
+                    && let Some(mut d) =
+                        api.get("apps/v1/deployments", "default", &format!("{rev}-deployment"))
+                {
+                    d["status"] = json!({ "replicas": 1, "readyReplicas": 1, "availableReplicas": 1 });
+                    api.put(d);
+                    api.put(json!({
+                        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                        "metadata": { "name": format!("{rev}-abc"), "namespace": "default",
+                                      "labels": { "serving.knative.dev/revision": rev } },
+                        "addressType": "IPv4",
+                        "ports": [{ "name": "http", "port": qp.serving.port(), "protocol": "TCP" }],
+                        "endpoints": [{ "addresses": [qp.serving.ip().to_string()], "conditions": { "ready": true } }],
+                    }));
+                    started.insert(n.clone());
+                }
+                let ready = api
+                    .get("serving.knative.dev/v1/services", "default", &n)
+                    .is_some_and(|s| condition(&s, "Ready").0 == "True");
+                if ready {
+                    let (status, body) = get(public, &format!("{n}.default.example.com"), "/");
+                    assert_eq!((status, body.as_str()), (200, "from the pod"), "{n}'s first request after Ready");
+                    pending.remove(&n);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     })
     .await
     .unwrap();
