@@ -50,6 +50,8 @@ use serving_controller::route::{IngressState, RouteInputs, route_status};
 use serving_controller::service::{desired_configuration, desired_route, service_status};
 use serving_controller::workload::{desired_deployment, desired_service};
 
+use crate::policy::{Class, Policy, class_of_status};
+
 /// The one field manager for everything the controller applies.
 pub const MANAGER: &str = "ebb-controller";
 
@@ -136,6 +138,8 @@ pub struct Context {
     /// every one of them routes it as its status says. None: no data plane is asked (tests of
     /// the control plane alone).
     pub activators: Option<tokio::sync::watch::Receiver<Vec<std::net::SocketAddr>>>,
+    /// Failures per object (back-off) and reconcile metrics.
+    pub policy: Policy,
     probe: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Empty<bytes::Bytes>,
@@ -172,6 +176,7 @@ impl Context {
             activator_host: activator_host.into(),
             ingress_class,
             activators,
+            policy: Policy::default(),
             probe:
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(30))
@@ -990,10 +995,133 @@ async fn publish<K: Resource<DynamicType = ()>>(
     }
 }
 
-/// Conflicts and transient API errors come back after a short back-off.
-fn retry<K>(_obj: Arc<K>, e: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %e, "reconcile failed; retrying");
-    Action::requeue(Duration::from_millis(500))
+impl Error {
+    /// Whether retrying soon can help (see `policy`).
+    pub fn class(&self) -> Class {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Kube(kube::Error::Api(e)) => class_of_status(Some(e.code)),
+            Error::Kube(_) => Class::Transient,
+            Error::Build(_) => Class::Permanent("BuildFailed"),
+            Error::Json(_) => Class::Permanent("InternalError"),
+            Error::NoNamespace(_) => Class::Permanent("NoNamespace"),
+            Error::Finalizer(f) => match f.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.class(),
+                F::AddFinalizer(kube::Error::Api(e)) | F::RemoveFinalizer(kube::Error::Api(e)) => {
+                    class_of_status(Some(e.code))
+                }
+                _ => Class::Transient,
+            },
+        }
+    }
+}
+
+fn key_of<K: Resource>(obj: &K) -> (String, String) {
+    (obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Run one reconcile of `obj`, counting it and its time by kind and result.
+async fn timed<K: Resource<DynamicType = ()>>(
+    obj: &K,
+    ctx: &Context,
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile.await;
+    ctx.policy.observe(
+        kind_label::<K>(),
+        key_of(obj),
+        started.elapsed(),
+        result.as_ref().err().map(Error::class),
+    );
+    result
+}
+
+fn kind_label<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "Service" => "Service",
+        "Configuration" => "Configuration",
+        "Revision" => "Revision",
+        "Route" => "Route",
+        "DomainMapping" => "DomainMapping",
+        _ => "other",
+    }
+}
+
+/// The error policy (`policy`): a transient error comes back after the object's back-off; a
+/// permanent one is reported on the object and in an Event, and comes back after the longest.
+fn retry<K>(obj: Arc<K>, e: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let class = e.class();
+    let wait = ctx
+        .policy
+        .failed(kind_label::<K>(), key_of(obj.as_ref()), class);
+    match class {
+        Class::Transient => {
+            tracing::warn!(kind = kind_label::<K>(), name = %obj.name_any(), error = %e, retry_in = ?wait, "reconcile failed; retrying")
+        }
+        Class::Permanent(reason) => {
+            tracing::error!(kind = kind_label::<K>(), name = %obj.name_any(), error = %e, reason, "reconcile failed and retrying soon cannot help; reported on the object");
+            let message = e.to_string();
+            tokio::spawn(async move { report_failure(obj.as_ref(), reason, &message, &ctx).await });
+        }
+    }
+    Action::requeue(wait)
+}
+
+/// A permanent failure on the object: `Ready` False with the reason and message (written only
+/// when it differs from what is there), and a Warning Event.
+async fn report_failure<K>(obj: &K, reason: &str, message: &str, ctx: &Context)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    publish(ctx, obj, EventType::Warning, reason, message).await;
+    let Some(ns) = obj.namespace() else { return };
+    let current = serde_json::to_value(obj).unwrap_or_default();
+    let mut conditions: Vec<serde_json::Value> = current["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ready = json!({
+        "type": "Ready", "status": "False", "reason": reason,
+        "message": message.chars().take(1000).collect::<String>(),
+        "lastTransitionTime": jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or(jiff::Timestamp::now()).to_string(),
+    });
+    match conditions.iter_mut().find(|c| c["type"] == "Ready") {
+        Some(c)
+            if c["status"] == "False"
+                && c["reason"] == ready["reason"]
+                && c["message"] == ready["message"] =>
+        {
+            return;
+        }
+        Some(c) => *c = ready,
+        None => conditions.push(ready),
+    }
+    let api = Api::<K>::namespaced(ctx.client.clone(), &ns);
+    if let Err(e) = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": conditions}})),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "reporting a failure on the object's status");
+    }
 }
 
 fn by_label<K: Resource<DynamicType = ()>>(
@@ -1027,12 +1155,29 @@ pub async fn run(
         .owns(Api::<Configuration>::all(c.clone()), cfg())
         .owns(Api::<Route>::all(c.clone()), cfg())
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(reconcile_service, retry, ctx.clone())
+        .run(
+            |o: Arc<Service>, c: Arc<Context>| async move {
+                timed(o.clone().as_ref(), &c.clone(), reconcile_service(o, c)).await
+            },
+            retry,
+            ctx.clone(),
+        )
         .for_each(|_| async {});
     let configurations = Controller::new(Api::<Configuration>::all(c.clone()), cfg())
         .owns(Api::<Revision>::all(c.clone()), cfg())
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(reconcile_configuration, retry, ctx.clone())
+        .run(
+            |o: Arc<Configuration>, c: Arc<Context>| async move {
+                timed(
+                    o.clone().as_ref(),
+                    &c.clone(),
+                    reconcile_configuration(o, c),
+                )
+                .await
+            },
+            retry,
+            ctx.clone(),
+        )
         .for_each(|_| async {});
     let revisions = Controller::new(Api::<Revision>::all(c.clone()), cfg())
         .owns(
@@ -1046,7 +1191,13 @@ pub async fn run(
         )
         .reconcile_all_on(reloads(reload.clone()))
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(reconcile_revision, retry, ctx.clone())
+        .run(
+            |o: Arc<Revision>, c: Arc<Context>| async move {
+                timed(o.clone().as_ref(), &c.clone(), reconcile_revision(o, c)).await
+            },
+            retry,
+            ctx.clone(),
+        )
         .for_each(|_| async {});
     let routes = Controller::new(Api::<Route>::all(c.clone()), cfg())
         .watches(Api::<Revision>::all(c.clone()), cfg(), |r: Revision| {
@@ -1064,7 +1215,13 @@ pub async fn run(
         )
         .reconcile_all_on(reloads(reload))
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(reconcile_route, retry, ctx.clone())
+        .run(
+            |o: Arc<Route>, c: Arc<Context>| async move {
+                timed(o.clone().as_ref(), &c.clone(), reconcile_route(o, c)).await
+            },
+            retry,
+            ctx.clone(),
+        )
         .for_each(|_| async {});
     let (stop_rx_mappings, ctx_mappings) = (stop_rx, ctx);
     tokio::spawn(async move {
@@ -1074,7 +1231,18 @@ pub async fn run(
     let domain_mappings = Controller::new(Api::<serving_api::DomainMapping>::all(c.clone()), cfg())
         .owns(Api::<Ingress>::all(c.clone()), cfg())
         .graceful_shutdown_on(stopped(stop_rx_mappings))
-        .run(reconcile_domain_mapping, retry, ctx_mappings)
+        .run(
+            |o: Arc<serving_api::DomainMapping>, c: Arc<Context>| async move {
+                timed(
+                    o.clone().as_ref(),
+                    &c.clone(),
+                    reconcile_domain_mapping(o, c),
+                )
+                .await
+            },
+            retry,
+            ctx_mappings,
+        )
         .for_each(|_| async {});
     tokio::join!(services, configurations, revisions, routes, domain_mappings);
 }

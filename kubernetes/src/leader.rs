@@ -19,6 +19,28 @@ pub struct Elector {
     renew: Duration,
     /// The last record seen (holder, renewTime) and when it was first seen.
     observed: Option<(String, Instant)>,
+    /// When a round last had the API server's answer (leading or not): a replica's readiness.
+    contact: Contact,
+}
+
+/// When the elector last heard from the API server. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Contact(std::sync::Arc<std::sync::Mutex<Option<Instant>>>);
+
+impl Contact {
+    /// Whether the last answer came within `within`.
+    pub fn recent(&self, within: Duration) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|t| *t)
+            .is_some_and(|t| t.elapsed() <= within)
+    }
+    fn mark(&self) {
+        if let Ok(mut t) = self.0.lock() {
+            *t = Some(Instant::now());
+        }
+    }
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
@@ -57,7 +79,13 @@ impl Elector {
             duration,
             renew,
             observed: None,
+            contact: Contact::default(),
         }
+    }
+
+    /// A handle on when this elector last heard from the API server.
+    pub fn contact(&self) -> Contact {
+        self.contact.clone()
     }
 
     fn spec(&self, previous: Option<&LeaseSpec>) -> LeaseSpec {
@@ -157,7 +185,10 @@ impl Elector {
     pub async fn run(mut self, leader: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
         loop {
             let leading = match self.try_acquire_or_renew().await {
-                Ok(l) => l,
+                Ok(l) => {
+                    self.contact.mark();
+                    l
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, lease = %self.name, "leader election");
                     false

@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod gateway;
 pub mod leader;
 pub mod mirror;
+pub mod policy;
 pub mod webhook;
 
 /// The namespace Ebb's components run in unless `SYSTEM_NAMESPACE` says otherwise.

@@ -37,6 +37,8 @@ struct State {
     audit: Vec<Access>,
     /// Requests (method, path prefix) to fail once with 500, for retry tests.
     fail_once: Vec<(String, String)>,
+    /// Requests (method, path prefix) to fail with a status code until cleared.
+    fail_always: Vec<(String, String, u16)>,
 }
 
 /// One request as RBAC sees it.
@@ -456,6 +458,22 @@ impl FakeApi {
             .push((method.to_string(), prefix.to_string()));
     }
 
+    /// Every request with this method whose path starts with `prefix` fails with `code`
+    /// (`Forbidden` for 403, `Invalid` for 422, else `InternalError`) until `clear_failures`.
+    pub fn fail_always(&self, method: &str, prefix: &str, code: u16) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fail_always
+            .push((method.to_string(), prefix.to_string(), code));
+    }
+
+    pub fn clear_failures(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.fail_always.clear();
+        s.fail_once.clear();
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().clone();
         let uri = req.uri().clone();
@@ -483,6 +501,19 @@ impl FakeApi {
                     "InternalError",
                     "injected failure".into(),
                 );
+            }
+            if let Some((_, _, code)) = s
+                .fail_always
+                .iter()
+                .find(|(m, p, _)| *m == method.as_str() && uri.path().starts_with(p.as_str()))
+            {
+                let code = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let reason = match code.as_u16() {
+                    403 => "Forbidden",
+                    422 => "Invalid",
+                    _ => "InternalError",
+                };
+                return status(code, reason, format!("injected: {reason}"));
             }
         }
         if let Some(p) = parse_path(uri.path()) {
