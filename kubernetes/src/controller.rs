@@ -1,6 +1,11 @@
 //! The serving controller on Kubernetes: kube-runtime Controllers for Service, Configuration,
-//! Revision and Route, applying what the pure builders in `serving-controller` decide.
+//! Revision, Route and DomainMapping, applying what the pure builders in `serving-controller`
+//! decide.
 //!
+//! - Reconciles read from reflector stores fed by the watches that trigger them (`Stores`), so
+//!   once synced they cost no GET or LIST; children already as desired are not written again.
+//! - Errors follow `policy`: transient ones back off per object, permanent ones are reported
+//!   on the object and in an Event.
 //! - Children (Configuration, Route, Deployment, Service, exposure objects) are written with
 //!   server-side apply under one field manager, with controller owner references so deletes
 //!   cascade. A Deployment is *created* with its initial scale and afterwards applied without
@@ -27,11 +32,12 @@ use k8s_openapi::api::networking::v1::{
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, watcher};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
@@ -67,6 +73,78 @@ pub enum Error {
     NoNamespace(String),
     #[error("{0}")]
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("the controller's caches are not running")]
+    NotSynced,
+}
+
+/// Reflector stores, each fed by the very watch that triggers the controller reading it, so a
+/// reconcile never sees an older cache than the change that started it (the informer pattern:
+/// the store is updated before the event is handed on). Reads wait until the first list is in.
+#[derive(Clone)]
+struct Stores {
+    /// The Services' children (ownership and status).
+    service_configurations: Store<Configuration>,
+    service_routes: Store<Route>,
+    /// A Configuration's Revisions.
+    configuration_revisions: Store<Revision>,
+    /// A Revision's Deployment and pods.
+    deployments: Store<Deployment>,
+    pods: Store<Pod>,
+    /// What a Route resolves: Configurations and Revisions; the Routes themselves (routing
+    /// state); its Ingress.
+    route_configurations: Store<Configuration>,
+    route_revisions: Store<Revision>,
+    routes: Store<Route>,
+    route_ingresses: Store<Ingress>,
+    /// A DomainMapping's claim, Routes and Ingress.
+    claims: Store<serving_api::ClusterDomainClaim>,
+    mapping_routes: Store<Route>,
+    mapping_ingresses: Store<Ingress>,
+}
+
+/// A cluster-scoped object of the store, once it has been listed.
+async fn cached_cluster<K>(store: &Store<K>, name: &str) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::NotSynced)?;
+    Ok(store.get(&ObjectRef::new(name)).map(|o| o.as_ref().clone()))
+}
+
+/// The store's objects of `ns` whose label `key` is `value` (any labels when `key` is empty),
+/// once it has been listed.
+async fn cached<K>(store: &Store<K>, ns: &str, key: &str, value: &str) -> Result<Vec<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::NotSynced)?;
+    Ok(store
+        .state()
+        .into_iter()
+        .filter(|o| o.namespace().as_deref() == Some(ns))
+        .filter(|o| key.is_empty() || o.labels().get(key).map(String::as_str) == Some(value))
+        .map(|o| o.as_ref().clone())
+        .collect())
+}
+
+/// One object of the store, once it has been listed.
+async fn cached_one<K>(store: &Store<K>, ns: &str, name: &str) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::NotSynced)?;
+    Ok(store
+        .get(&ObjectRef::new(name).within(ns))
+        .map(|o| o.as_ref().clone()))
 }
 
 /// The config maps the controller reads, reloaded when they change.
@@ -140,6 +218,8 @@ pub struct Context {
     pub activators: Option<tokio::sync::watch::Receiver<Vec<std::net::SocketAddr>>>,
     /// Failures per object (back-off) and reconcile metrics.
     pub policy: Policy,
+    /// What the reconcilers read, from the watches that trigger them (set by `run`).
+    stores: std::sync::OnceLock<Stores>,
     probe: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Empty<bytes::Bytes>,
@@ -177,6 +257,7 @@ impl Context {
             ingress_class,
             activators,
             policy: Policy::default(),
+            stores: std::sync::OnceLock::new(),
             probe:
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(30))
@@ -257,6 +338,10 @@ impl Context {
     fn configs(&self) -> Configs {
         self.configs.read().map(|c| c.clone()).unwrap_or_default()
     }
+
+    fn stores(&self) -> Result<&Stores, Error> {
+        self.stores.get().ok_or(Error::NotSynced)
+    }
 }
 
 fn ns_of<K: Resource>(o: &K) -> Result<String, Error> {
@@ -331,8 +416,10 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
         }
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
+    let stores = ctx.stores()?;
     let configuration = apply_owned(
         &Api::<Configuration>::namespaced(c.clone(), &ns),
+        &stores.service_configurations,
         &name,
         &desired_configuration(&svc),
         svc.as_ref(),
@@ -340,6 +427,7 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     .await?;
     let route = apply_owned(
         &Api::<Route>::namespaced(c.clone(), &ns),
+        &stores.service_routes,
         &name,
         &desired_route(&svc),
         svc.as_ref(),
@@ -357,17 +445,27 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
 }
 
 /// Apply a child the Service controls; one of that name it does not control is left as it is
-/// (the Service reports NotOwned, as Knative's does) and returned.
-async fn apply_owned<K>(api: &Api<K>, name: &str, desired: &K, svc: &Service) -> Result<K, Error>
+/// (the Service reports NotOwned, as Knative's does) and returned, as is one that already
+/// holds everything desired (nothing is written then).
+async fn apply_owned<K>(
+    api: &Api<K>,
+    store: &Store<K>,
+    name: &str,
+    desired: &K,
+    svc: &Service,
+) -> Result<K, Error>
 where
     K: Resource<DynamicType = ()>
         + Clone
         + Serialize
         + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+        + std::fmt::Debug
+        + 'static,
 {
-    if let Some(existing) = api.get_opt(name).await?
-        && !serving_controller::meta::is_controlled_by(existing.meta(), svc)
+    let ns = svc.namespace().unwrap_or_default();
+    if let Some(existing) = cached_one(store, &ns, name).await?
+        && (!serving_controller::meta::is_controlled_by(existing.meta(), svc)
+            || holds(&existing, desired))
     {
         return Ok(existing);
     }
@@ -376,15 +474,38 @@ where
         .await?)
 }
 
-async fn revisions_of(
-    client: &kube::Client,
-    ns: &str,
-    configuration: &str,
-) -> Result<Vec<Revision>, Error> {
-    Ok(Api::<Revision>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("{}={configuration}", labels::CONFIGURATION)))
-        .await?
-        .items)
+/// Whether a Deployment already has the desired template, selector and metadata (its
+/// `replicas` belong to the autoscaler once created).
+fn holds_deployment(existing: &Deployment, desired: &Deployment) -> bool {
+    let strip = |d: &Deployment| {
+        let mut d = d.clone();
+        if let Some(s) = d.spec.as_mut() {
+            s.replicas = None;
+        }
+        d.status = None;
+        d
+    };
+    holds(&strip(existing), &strip(desired))
+}
+
+/// Whether `existing` already has what `desired` sets: its spec, and every label, annotation
+/// and owner reference of it.
+fn holds<K: Serialize>(existing: &K, desired: &K) -> bool {
+    let (Ok(e), Ok(d)) = (
+        serde_json::to_value(existing),
+        serde_json::to_value(desired),
+    ) else {
+        return false;
+    };
+    let subset = |field: &str| {
+        d["metadata"][field]
+            .as_object()
+            .is_none_or(|m| m.iter().all(|(k, v)| e["metadata"][field][k] == *v))
+    };
+    e.get("spec") == d.get("spec")
+        && subset("labels")
+        && subset("annotations")
+        && d["metadata"]["ownerReferences"] == e["metadata"]["ownerReferences"]
 }
 
 async fn reconcile_configuration(
@@ -396,7 +517,13 @@ async fn reconcile_configuration(
     let mut defaulted = config.as_ref().clone();
     serving_api::defaults::default_configuration(&mut defaulted, &ctx.configs().defaults);
     let config = Arc::new(defaulted);
-    let mut revisions = revisions_of(&ctx.client, &ns, &name).await?;
+    let mut revisions = cached(
+        &ctx.stores()?.configuration_revisions,
+        &ns,
+        labels::CONFIGURATION,
+        &name,
+    )
+    .await?;
     let plan = plan_revision(&config, &revisions);
     if let RevisionPlan::Create(rev) = &plan {
         match Api::<Revision>::namespaced(ctx.client.clone(), &ns)
@@ -495,7 +622,8 @@ async fn reconcile_revision(rev: Arc<Revision>, ctx: Arc<Context>) -> Result<Act
     let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
     let desired = desired_deployment(&rev, &cfg.deployment, None)?;
     let dname = desired.metadata.name.clone().unwrap_or_default();
-    let deployment = match deployments.get_opt(&dname).await? {
+    let stores = ctx.stores()?;
+    let deployment = match cached_one(&stores.deployments, &ns, &dname).await? {
         None => {
             // Created once with the initial scale; the autoscaler owns `replicas` from then on.
             let annotations = rev.metadata.annotations.clone().unwrap_or_default();
@@ -519,10 +647,12 @@ async fn reconcile_revision(rev: Arc<Revision>, ctx: Arc<Context>) -> Result<Act
                 .await
             {
                 Ok(d) => d,
-                Err(kube::Error::Api(s)) if s.code == 409 => deployments.get(&dname).await?,
+                // Created meanwhile (the cache had not seen it yet): a conflict, retried.
                 Err(e) => return Err(e.into()),
             }
         }
+        // Unchanged: nothing to write (the autoscaler's replicas are not ours to compare).
+        Some(existing) if holds_deployment(&existing, &desired) => existing,
         Some(_) => {
             deployments
                 .patch(&dname, &apply_params(), &Patch::Apply(&desired))
@@ -537,10 +667,7 @@ async fn reconcile_revision(rev: Arc<Revision>, ctx: Arc<Context>) -> Result<Act
         )
         .await?;
 
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!("{}={name}", labels::REVISION)))
-        .await?
-        .items;
+    let pods = cached(&stores.pods, &ns, labels::REVISION, &name).await?;
     let dstatus = deployment.status.clone().unwrap_or_default();
     let desired_replicas = deployment
         .spec
@@ -702,7 +829,7 @@ async fn release_domain_claim(
 ) -> Result<Action, Error> {
     let claims = Api::<serving_api::ClusterDomainClaim>::all(ctx.client.clone());
     let name = dm.name_any();
-    if let Some(c) = claims.get_opt(&name).await? {
+    if let Some(c) = cached_cluster(&ctx.stores()?.claims, &name).await? {
         let stale = serving_controller::domainmapping::stale_claims(std::slice::from_ref(&c), &[]);
         if !stale.is_empty() && Some(c.spec.namespace.as_str()) == dm.namespace().as_deref() {
             claims.delete(&name, &Default::default()).await?;
@@ -739,7 +866,11 @@ async fn apply_domain_mapping(
     // The domain's ClusterDomainClaim, made for the mapping's namespace when config-network
     // allows (another mapping's creation racing this one wins; this one looks again).
     let claims = Api::<serving_api::ClusterDomainClaim>::all(ctx.client.clone());
-    let existing: Vec<_> = claims.get_opt(&name).await?.into_iter().collect();
+    let stores = ctx.stores()?;
+    let existing: Vec<_> = cached_cluster(&stores.claims, &name)
+        .await?
+        .into_iter()
+        .collect();
     let autocreate = ctx.configs().network.autocreate_cluster_domain_claims;
     let claim = serving_controller::domainmapping::claim(&dm, &existing, autocreate);
     if let serving_controller::domainmapping::Claim::Create(new) = &claim {
@@ -751,26 +882,21 @@ async fn apply_domain_mapping(
             Err(e) => return Err(e.into()),
         }
     }
-    let routes = Api::<Route>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
+    let routes = cached(&stores.mapping_routes, &ns, "", "").await?;
     let status =
         serving_controller::domainmapping::domain_mapping_status(&dm, &claim, &routes, true);
     let mut with_status = dm.as_ref().clone();
     with_status.status = Some(status.clone());
     let ingresses = Api::<Ingress>::namespaced(ctx.client.clone(), &ns);
+    let current = cached_one(&stores.mapping_ingresses, &ns, &name).await?;
     if serving_controller::domainmapping::serves(&with_status) {
-        ingresses
-            .patch(
-                &name,
-                &apply_params(),
-                &Patch::Apply(&desired_domain_ingress(&dm, ctx.ingress_class.as_deref())),
-            )
-            .await?;
-    } else if ingresses
-        .get_opt(&name)
-        .await?
+        let desired = desired_domain_ingress(&dm, ctx.ingress_class.as_deref());
+        if !current.as_ref().is_some_and(|c| holds(c, &desired)) {
+            ingresses
+                .patch(&name, &apply_params(), &Patch::Apply(&desired))
+                .await?;
+        }
+    } else if current
         .is_some_and(|i| serving_controller::meta::is_controlled_by(&i.metadata, dm.as_ref()))
     {
         ingresses.delete(&name, &Default::default()).await?;
@@ -862,14 +988,9 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
     let ns = ns_of(route.as_ref())?;
     let name = route.name_any();
     let cfg = ctx.configs();
-    let configurations = Api::<Configuration>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let revisions = Api::<Revision>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
+    let stores = ctx.stores()?;
+    let configurations = cached(&stores.route_configurations, &ns, "", "").await?;
+    let revisions = cached(&stores.route_revisions, &ns, "", "").await?;
     Api::<KubeService>::namespaced(ctx.client.clone(), &ns)
         .patch(
             &name,
@@ -932,12 +1053,18 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
     let ingresses = Api::<Ingress>::namespaced(ctx.client.clone(), &ns);
     match desired_ingress(&with_status, ctx.ingress_class.as_deref()) {
         Some(ing) => {
-            ingresses
-                .patch(&name, &apply_params(), &Patch::Apply(&ing))
-                .await?;
+            let current = cached_one(&stores.route_ingresses, &ns, &name).await?;
+            if !current.is_some_and(|c| holds(&c, &ing)) {
+                ingresses
+                    .patch(&name, &apply_params(), &Patch::Apply(&ing))
+                    .await?;
+            }
         }
         None => {
-            if ingresses.get_opt(&name).await?.is_some() {
+            if cached_one(&stores.route_ingresses, &ns, &name)
+                .await?
+                .is_some()
+            {
                 ingresses.delete(&name, &Default::default()).await?;
             }
         }
@@ -946,7 +1073,7 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
     write_status(&routes_api, &name, route.status.as_ref(), status.clone()).await?;
     // Routing state on the namespace's Revisions, from every Route's resolved traffic (this
     // one's as just computed), as Knative's labeler keeps it.
-    let mut routes = routes_api.list(&ListParams::default()).await?.items;
+    let mut routes = cached(&stores.routes, &ns, "", "").await?;
     for r in routes.iter_mut().filter(|r| r.name_any() == name) {
         r.status = Some(status.clone());
     }
@@ -1005,6 +1132,7 @@ impl Error {
             Error::Build(_) => Class::Permanent("BuildFailed"),
             Error::Json(_) => Class::Permanent("InternalError"),
             Error::NoNamespace(_) => Class::Permanent("NoNamespace"),
+            Error::NotSynced => Class::Transient,
             Error::Finalizer(f) => match f.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.class(),
                 F::AddFinalizer(kube::Error::Api(e)) | F::RemoveFinalizer(kube::Error::Api(e)) => {
@@ -1151,9 +1279,100 @@ pub async fn run(
         })
     };
     let cfg = watcher::Config::default;
-    let services = Controller::new(Api::<Service>::all(c.clone()), cfg())
-        .owns(Api::<Configuration>::all(c.clone()), cfg())
-        .owns(Api::<Route>::all(c.clone()), cfg())
+    // One watch per (controller, kind), each feeding a store the controller's reconciles read
+    // (see `Stores`): the main kind's changes trigger it, a child's or related object's too
+    // (deletes included).
+    fn informed<K>(
+        api: Api<K>,
+        config: watcher::Config,
+    ) -> (
+        Store<K>,
+        impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    )
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        let stream = watcher(api, config)
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects();
+        (reader, stream)
+    }
+    fn main_stream<K>(
+        api: Api<K>,
+        config: watcher::Config,
+    ) -> (
+        Store<K>,
+        impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    )
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        let stream = watcher(api, config)
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
+        (reader, stream)
+    }
+    let (service_store, service_stream) = main_stream(Api::<Service>::all(c.clone()), cfg());
+    let (service_configurations, service_configuration_stream) =
+        informed(Api::<Configuration>::all(c.clone()), cfg());
+    let (service_routes, service_route_stream) = informed(Api::<Route>::all(c.clone()), cfg());
+    let (configuration_store, configuration_stream) =
+        main_stream(Api::<Configuration>::all(c.clone()), cfg());
+    let (configuration_revisions, configuration_revision_stream) =
+        informed(Api::<Revision>::all(c.clone()), cfg());
+    let (revision_store, revision_stream) = main_stream(Api::<Revision>::all(c.clone()), cfg());
+    let (deployments, deployment_stream) = informed(
+        Api::<Deployment>::all(c.clone()),
+        cfg().labels(labels::REVISION),
+    );
+    let (pods, pod_stream) = informed(Api::<Pod>::all(c.clone()), cfg().labels(labels::REVISION));
+    let (routes, route_stream) = main_stream(Api::<Route>::all(c.clone()), cfg());
+    let (route_revisions, route_revision_stream) = informed(Api::<Revision>::all(c.clone()), cfg());
+    let (route_configurations, route_configuration_stream) =
+        informed(Api::<Configuration>::all(c.clone()), cfg());
+    let (route_ingresses, route_ingress_stream) = informed(Api::<Ingress>::all(c.clone()), cfg());
+    let (mapping_store, mapping_stream) =
+        main_stream(Api::<serving_api::DomainMapping>::all(c.clone()), cfg());
+    let (claims, claim_stream) = informed(
+        Api::<serving_api::ClusterDomainClaim>::all(c.clone()),
+        cfg(),
+    );
+    let (mapping_routes, mapping_route_stream) = informed(Api::<Route>::all(c.clone()), cfg());
+    let (mapping_ingresses, mapping_ingress_stream) =
+        informed(Api::<Ingress>::all(c.clone()), cfg());
+    let _ = ctx.stores.set(Stores {
+        claims,
+        mapping_routes,
+        mapping_ingresses,
+        service_configurations,
+        service_routes,
+        configuration_revisions,
+        deployments,
+        pods,
+        route_configurations,
+        route_revisions,
+        routes: routes.clone(),
+        route_ingresses,
+    });
+    let services = Controller::for_stream(service_stream, service_store)
+        .owns_stream(service_configuration_stream)
+        .owns_stream(service_route_stream)
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(
             |o: Arc<Service>, c: Arc<Context>| async move {
@@ -1163,8 +1382,8 @@ pub async fn run(
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let configurations = Controller::new(Api::<Configuration>::all(c.clone()), cfg())
-        .owns(Api::<Revision>::all(c.clone()), cfg())
+    let configurations = Controller::for_stream(configuration_stream, configuration_store)
+        .owns_stream(configuration_revision_stream)
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(
             |o: Arc<Configuration>, c: Arc<Context>| async move {
@@ -1179,16 +1398,9 @@ pub async fn run(
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let revisions = Controller::new(Api::<Revision>::all(c.clone()), cfg())
-        .owns(
-            Api::<Deployment>::all(c.clone()),
-            cfg().labels(labels::REVISION),
-        )
-        .watches(
-            Api::<Pod>::all(c.clone()),
-            cfg().labels(labels::REVISION),
-            by_label::<Pod>(labels::REVISION),
-        )
+    let revisions = Controller::for_stream(revision_stream, revision_store)
+        .owns_stream(deployment_stream)
+        .watches_stream(pod_stream, by_label::<Pod>(labels::REVISION))
         .reconcile_all_on(reloads(reload.clone()))
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(
@@ -1199,20 +1411,17 @@ pub async fn run(
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let routes = Controller::new(Api::<Route>::all(c.clone()), cfg())
-        .watches(Api::<Revision>::all(c.clone()), cfg(), |r: Revision| {
+    let routes = Controller::for_stream(route_stream, routes)
+        .watches_stream(route_revision_stream, |r: Revision| {
             // The Route a Service made is named after its Configuration.
             let ns = r.namespace()?;
             let name = r.labels().get(labels::CONFIGURATION)?.clone();
             Some(ObjectRef::<Route>::new(&name).within(&ns))
         })
-        .watches(
-            Api::<Configuration>::all(c.clone()),
-            cfg(),
-            |cfg: Configuration| {
-                Some(ObjectRef::<Route>::new(&cfg.name_any()).within(&cfg.namespace()?))
-            },
-        )
+        .watches_stream(route_configuration_stream, |cfg: Configuration| {
+            Some(ObjectRef::<Route>::new(&cfg.name_any()).within(&cfg.namespace()?))
+        })
+        .owns_stream(route_ingress_stream)
         .reconcile_all_on(reloads(reload))
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(
@@ -1228,8 +1437,20 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let domain_mappings = Controller::new(Api::<serving_api::DomainMapping>::all(c.clone()), cfg())
-        .owns(Api::<Ingress>::all(c.clone()), cfg())
+    let domain_mappings = Controller::for_stream(mapping_stream, mapping_store)
+        .owns_stream(mapping_ingress_stream)
+        // A claim names the mappings it concerns (its domain in its namespace).
+        .watches_stream(claim_stream, |c: serving_api::ClusterDomainClaim| {
+            Some(
+                ObjectRef::<serving_api::DomainMapping>::new(&c.name_any())
+                    .within(&c.spec.namespace),
+            )
+        })
+        // A Route's readiness shows in its mappings (which are looked at again every 2 s
+        // until Ready, every minute after); the watch keeps the cache.
+        .watches_stream(mapping_route_stream, |_: Route| {
+            None::<ObjectRef<serving_api::DomainMapping>>
+        })
         .graceful_shutdown_on(stopped(stop_rx_mappings))
         .run(
             |o: Arc<serving_api::DomainMapping>, c: Arc<Context>| async move {

@@ -758,3 +758,51 @@ async fn a_permanent_error_is_reported_and_not_hot_looped() {
             .contains("ebb_controller_reconcile_total{kind=\"Service\",result=\"success\"}")
     );
 }
+
+/// Once the caches are synced, reconciles read nothing from the API server: a new revision
+/// rolled out end to end costs watches and writes only (no GET, no LIST).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synced_reconciles_read_from_the_caches_only() {
+    let api = start().await;
+    api.put(service("one", None));
+    eventually("deployment", || {
+        api.get(DEPLOYMENTS, "default", "hello-00001-deployment")
+    })
+    .await;
+    deployment_ready(&api, "hello-00001");
+    eventually("service ready", || {
+        api.get(SERVICES, "default", "hello")
+            .filter(|s| condition(s, "Ready").0 == "True")
+    })
+    .await;
+    let reads = || {
+        api.accesses()
+            .iter()
+            .filter(|a| a.verb == "get" || a.verb == "list")
+            .count()
+    };
+    let before = reads();
+    update(&api, service("two", None));
+    eventually("second deployment", || {
+        api.get(DEPLOYMENTS, "default", "hello-00002-deployment")
+    })
+    .await;
+    deployment_ready(&api, "hello-00002");
+    eventually("the new revision serving", || {
+        api.get(SERVICES, "default", "hello").filter(|s| {
+            s["status"]["latestReadyRevisionName"] == "hello-00002"
+                && condition(s, "Ready").0 == "True"
+        })
+    })
+    .await;
+    let during: Vec<_> = api
+        .accesses()
+        .into_iter()
+        .filter(|a| a.verb == "get" || a.verb == "list")
+        .skip(before)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "reads from the API server while synced: {during:?}"
+    );
+}

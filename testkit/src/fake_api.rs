@@ -167,6 +167,19 @@ fn selects(selector: Option<&String>, obj: &Value) -> bool {
     })
 }
 
+/// A namespaced object takes the request's namespace; a cluster-scoped one has none (as the
+/// API server stores them).
+fn set_namespace(obj: &mut Value, ns: Option<&str>) {
+    match ns {
+        Some(ns) => obj["metadata"]["namespace"] = json!(ns),
+        None => {
+            if let Some(m) = obj["metadata"].as_object_mut() {
+                m.remove("namespace");
+            }
+        }
+    }
+}
+
 /// RFC 6902 JSON Patch (add, remove, replace, test), as the API server applies
 /// `application/json-patch+json`; an error names the failing operation.
 pub fn json_patch_apply(doc: &Value, ops: &Value) -> Result<Value, String> {
@@ -624,7 +637,7 @@ impl FakeApi {
                     );
                 }
                 let mut obj = body;
-                obj["metadata"]["namespace"] = json!(ns);
+                set_namespace(&mut obj, p.namespace.as_deref());
                 json_response(StatusCode::CREATED, &self.write(obj, dry))
             }
             (Method::PUT, Some(name)) => {
@@ -659,7 +672,7 @@ impl FakeApi {
                     }
                     _ => body,
                 };
-                obj["metadata"]["namespace"] = json!(ns);
+                set_namespace(&mut obj, p.namespace.as_deref());
                 json_response(StatusCode::OK, &self.write(obj, dry))
             }
             (Method::PATCH, Some(name)) => {
@@ -669,7 +682,7 @@ impl FakeApi {
                     if apply && p.sub.is_none() {
                         // Server-side apply creates what is missing.
                         let mut obj = body;
-                        obj["metadata"]["namespace"] = json!(ns);
+                        set_namespace(&mut obj, p.namespace.as_deref());
                         if let Some(o) = obj.as_object_mut() {
                             o.remove("status");
                         }
