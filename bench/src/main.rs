@@ -10,6 +10,8 @@
 //!   minus the app's own start time.
 //! - `ebb-bench api`: local mode's Kubernetes API: kubectl and the ebb CLI applying and
 //!   listing 1,000 Services; list and watch latency with 10,000 objects.
+//! - `ebb-bench controller`: Kubernetes mode's controller with 5,000 Services against the fake
+//!   API server: time to all Ready, CPU, RSS, API requests per Service, CPU at rest.
 //! - `ebb-bench app --port N`: the trivial app (used by the above).
 //! - `ebb-bench pingora --port N --upstream ADDR`: pingora alone as a hop (the activator
 //!   benchmark's second baseline).
@@ -21,6 +23,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod api;
 mod coldstart;
+mod controller;
 mod gateway;
 mod kpa;
 mod load;
@@ -80,6 +83,11 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(api::run(&args)),
+        Some("controller") => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(controller::run(&args)),
         Some("coldstart") => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -93,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             .block_on(queue_proxy_bench(&args)),
         _ => {
             eprintln!(
-                "usage: ebb-bench activator [--rate 1000] [--seconds 10] [--max-seconds 5] [--held 10000]\n       ebb-bench autoscaler [--revisions 10000]\n       ebb-bench queue-proxy [--queue-proxy-bin PATH] [--rate 1000] [--seconds 10] [--max-seconds 5] [--conns 32] [--max-conns 64]\n       ebb-bench coldstart [--wakes 20]\n       ebb-bench app --port N"
+                "usage: ebb-bench activator [--rate 1000] [--seconds 10] [--max-seconds 5] [--held 10000]\n       ebb-bench autoscaler [--revisions 10000]\n       ebb-bench queue-proxy [--queue-proxy-bin PATH] [--rate 1000] [--seconds 10] [--max-seconds 5] [--conns 32] [--max-conns 64]\n       ebb-bench coldstart [--wakes 20]\n       ebb-bench controller [--services 5000] [--max-seconds 600]\n       ebb-bench app --port N"
             );
             std::process::exit(2)
         }

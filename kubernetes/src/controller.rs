@@ -96,6 +96,9 @@ struct Stores {
     route_revisions: Store<Revision>,
     routes: Store<Route>,
     route_ingresses: Store<Ingress>,
+    /// The Kubernetes Services a Revision and a Route own.
+    revision_services: Store<KubeService>,
+    route_services: Store<KubeService>,
     /// A DomainMapping's claim, Routes and Ingress.
     claims: Store<serving_api::ClusterDomainClaim>,
     mapping_routes: Store<Route>,
@@ -485,7 +488,16 @@ fn holds_deployment(existing: &Deployment, desired: &Deployment) -> bool {
         d.status = None;
         d
     };
-    holds(&strip(existing), &strip(desired))
+    let r = holds(&strip(existing), &strip(desired));
+    if !r && std::env::var_os("EBB_DEBUG_HOLDS").is_some() {
+        let e = serde_json::to_value(strip(existing)).unwrap_or_default();
+        let d = serde_json::to_value(strip(desired)).unwrap_or_default();
+        eprintln!(
+            "HOLDS {:?}",
+            serving_api::admission::json_patch(&e["spec"], &d["spec"])
+        );
+    }
+    r
 }
 
 /// Whether `existing` already has what `desired` sets: its spec, and every label, annotation
@@ -659,13 +671,15 @@ async fn reconcile_revision(rev: Arc<Revision>, ctx: Arc<Context>) -> Result<Act
                 .await?
         }
     };
-    Api::<KubeService>::namespaced(ctx.client.clone(), &ns)
-        .patch(
-            &name,
-            &apply_params(),
-            &Patch::Apply(&desired_service(&rev)?),
-        )
-        .await?;
+    let service = desired_service(&rev)?;
+    if !cached_one(&stores.revision_services, &ns, &name)
+        .await?
+        .is_some_and(|c| holds(&c, &service))
+    {
+        Api::<KubeService>::namespaced(ctx.client.clone(), &ns)
+            .patch(&name, &apply_params(), &Patch::Apply(&service))
+            .await?;
+    }
 
     let pods = cached(&stores.pods, &ns, labels::REVISION, &name).await?;
     let dstatus = deployment.status.clone().unwrap_or_default();
@@ -991,13 +1005,15 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
     let stores = ctx.stores()?;
     let configurations = cached(&stores.route_configurations, &ns, "", "").await?;
     let revisions = cached(&stores.route_revisions, &ns, "", "").await?;
-    Api::<KubeService>::namespaced(ctx.client.clone(), &ns)
-        .patch(
-            &name,
-            &apply_params(),
-            &Patch::Apply(&placeholder_service(&route, &ctx.activator_host)),
-        )
-        .await?;
+    let placeholder = placeholder_service(&route, &ctx.activator_host);
+    if !cached_one(&stores.route_services, &ns, &name)
+        .await?
+        .is_some_and(|c| holds(&c, &placeholder))
+    {
+        Api::<KubeService>::namespaced(ctx.client.clone(), &ns)
+            .patch(&name, &apply_params(), &Patch::Apply(&placeholder))
+            .await?;
+    }
     let inputs = RouteInputs {
         configurations: &configurations,
         revisions: &revisions,
@@ -1079,7 +1095,40 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
     }
     let now = Time(jiff::Timestamp::now());
     let revisions_api = Api::<Revision>::namespaced(ctx.client.clone(), &ns);
-    for rev in &revisions {
+    // Only this Route's revisions: those of the configurations it targets, those it names, and
+    // those that list it (another Route's are that Route's to label, so a namespace of many
+    // Routes is not rewritten by each of them).
+    let mut configurations_targeted: std::collections::BTreeSet<String> = route
+        .spec
+        .traffic
+        .iter()
+        .filter_map(|t| t.configuration_name.clone())
+        .collect();
+    for t in route
+        .spec
+        .traffic
+        .iter()
+        .chain(status.fields.traffic.iter())
+    {
+        if let Some(rev) = t
+            .revision_name
+            .as_deref()
+            .and_then(|n| revisions.iter().find(|r| r.name_any() == n))
+            && let Some(c) = rev.labels().get(labels::CONFIGURATION)
+        {
+            configurations_targeted.insert(c.clone());
+        }
+    }
+    let ours = |rev: &Revision| {
+        rev.labels()
+            .get(labels::CONFIGURATION)
+            .is_some_and(|c| configurations_targeted.contains(c))
+            || rev
+                .annotations()
+                .get(labels::ROUTES)
+                .is_some_and(|r| r.split(',').any(|x| x.trim() == name))
+    };
+    for rev in revisions.iter().filter(|r| ours(r)) {
         if let Some(m) = serving_controller::route::routing_metadata(rev, &routes, &now) {
             revisions_api
                 .patch(
@@ -1356,7 +1405,17 @@ pub async fn run(
     let (mapping_routes, mapping_route_stream) = informed(Api::<Route>::all(c.clone()), cfg());
     let (mapping_ingresses, mapping_ingress_stream) =
         informed(Api::<Ingress>::all(c.clone()), cfg());
+    let (revision_services, revision_service_stream) = informed(
+        Api::<KubeService>::all(c.clone()),
+        cfg().labels(labels::REVISION),
+    );
+    let (route_services, route_service_stream) = informed(
+        Api::<KubeService>::all(c.clone()),
+        cfg().labels(labels::ROUTE),
+    );
     let _ = ctx.stores.set(Stores {
+        revision_services,
+        route_services,
         claims,
         mapping_routes,
         mapping_ingresses,
@@ -1400,6 +1459,7 @@ pub async fn run(
         .for_each(|_| async {});
     let revisions = Controller::for_stream(revision_stream, revision_store)
         .owns_stream(deployment_stream)
+        .owns_stream(revision_service_stream)
         .watches_stream(pod_stream, by_label::<Pod>(labels::REVISION))
         .reconcile_all_on(reloads(reload.clone()))
         .graceful_shutdown_on(stopped(stop_rx.clone()))
@@ -1422,6 +1482,7 @@ pub async fn run(
             Some(ObjectRef::<Route>::new(&cfg.name_any()).within(&cfg.namespace()?))
         })
         .owns_stream(route_ingress_stream)
+        .owns_stream(route_service_stream)
         .reconcile_all_on(reloads(reload))
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(

@@ -79,8 +79,19 @@ pub fn workload_labels(rev: &Revision) -> BTreeMap<String, String> {
     if !uid.is_empty() {
         extra.push((labels::REVISION_UID, uid.as_str()));
     }
-    union(rev.metadata.labels.as_ref(), &extra)
+    let mut out = union(rev.metadata.labels.as_ref(), &extra);
+    out.retain(|k, _| !ROUTING_KEYS.contains(&k.as_str()));
+    out
 }
+
+/// The Route reconciler's bookkeeping on a Revision (routing state, when it changed, which
+/// Routes name it). Not carried to its Deployment or pods, as Knative leaves them out: a change
+/// of traffic must not roll the pods (their template would change) nor rewrite the Deployment.
+const ROUTING_KEYS: [&str; 3] = [
+    labels::ROUTING_STATE,
+    labels::ROUTING_STATE_MODIFIED,
+    labels::ROUTES,
+];
 
 fn selector(rev_name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(labels::REVISION.to_string(), rev_name.to_string())])
@@ -101,7 +112,8 @@ pub fn desired_deployment(
     let (user_port, h2c) = spec.serving_port();
     let timeout = spec.timeout_seconds.unwrap_or(300);
     let labels_all = workload_labels(rev);
-    let annotations = inherited_annotations(rev.metadata.annotations.as_ref());
+    let mut annotations = inherited_annotations(rev.metadata.annotations.as_ref());
+    annotations.retain(|k, _| !ROUTING_KEYS.contains(&k.as_str()));
     let rev_labels = rev.metadata.labels.clone().unwrap_or_default();
     let label = |k: &str| rev_labels.get(k).cloned().unwrap_or_default();
     let k_env = [

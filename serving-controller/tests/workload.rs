@@ -310,3 +310,36 @@ fn example_workloads_pass_kubernetes_validate() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// A Revision's routing bookkeeping (state, its timestamp, the Routes naming it) stays off its
+/// Deployment and pod template: traffic changes must not roll the pods.
+#[test]
+fn routing_state_does_not_reach_the_deployment() {
+    let mut rev = rev_from(json!({"template": {"spec": {"containers": [{"image": "x"}]}}}));
+    rev.metadata
+        .labels
+        .get_or_insert_default()
+        .insert(serving_api::labels::ROUTING_STATE.into(), "active".into());
+    let annotations = rev.metadata.annotations.get_or_insert_default();
+    annotations.insert(
+        serving_api::labels::ROUTING_STATE_MODIFIED.into(),
+        "2026-12-02T00:00:00Z".into(),
+    );
+    annotations.insert(serving_api::labels::ROUTES.into(), "hello".into());
+    annotations.insert("team".into(), "a".into());
+    let d = serving_controller::workload::desired_deployment(&rev, &Default::default(), Some(1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = serde_json::to_string(&d).unwrap_or_default();
+    for key in ["routingState", "serving.knative.dev/routes"] {
+        assert!(!text.contains(key), "{key} in {text}");
+    }
+    let template = d.spec.and_then(|s| s.template.metadata).unwrap_or_default();
+    assert_eq!(
+        template
+            .annotations
+            .unwrap_or_default()
+            .get("team")
+            .map(String::as_str),
+        Some("a")
+    );
+}

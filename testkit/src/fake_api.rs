@@ -285,7 +285,7 @@ impl FakeApi {
         let api = FakeApi {
             addr,
             state: Arc::default(),
-            events: broadcast::channel(4096).0,
+            events: broadcast::channel(65_536).0,
             rmw: Arc::default(),
         };
         let server = api.clone();
@@ -380,6 +380,19 @@ impl FakeApi {
             .unwrap_or_default()
             .to_string();
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // A write that changes nothing is not a change: same resourceVersion, no event (as
+        // the API server skips no-op updates and patches).
+        if let Some(old) = s.objects.get(&(coll.clone(), ns.clone(), name.clone())) {
+            let mut probe = obj.clone();
+            for k in ["resourceVersion", "generation", "uid", "creationTimestamp"] {
+                if probe["metadata"][k].is_null() || k != "uid" {
+                    probe["metadata"][k] = old["metadata"][k].clone();
+                }
+            }
+            if probe == *old {
+                return old.clone();
+            }
+        }
         s.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
         if obj["metadata"]["uid"].is_null() {
@@ -796,8 +809,14 @@ impl FakeApi {
                         Ok((c, _, t, obj)) if matches(&c, &obj) => {
                             return Some((Ok(Frame::data(line(t, &obj))), (backlog, rx, matches)));
                         }
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => return None,
+                        Ok(_) => continue,
+                        // Events were missed: the watch ends, as the API server ends one that
+                        // falls behind; the client watches again from its last
+                        // resourceVersion and is replayed what it missed from the log.
+                        Err(
+                            broadcast::error::RecvError::Lagged(_)
+                            | broadcast::error::RecvError::Closed,
+                        ) => return None,
                     }
                 }
             },
