@@ -136,6 +136,27 @@ where
         .collect())
 }
 
+/// The store's objects of `ns` that `keep` selects (cloned only then), once it has been listed.
+async fn cached_where<K>(
+    store: &Store<K>,
+    ns: &str,
+    keep: impl Fn(&K) -> bool,
+) -> Result<Vec<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::NotSynced)?;
+    Ok(store
+        .state()
+        .into_iter()
+        .filter(|o| o.namespace().as_deref() == Some(ns) && keep(o))
+        .map(|o| o.as_ref().clone())
+        .collect())
+}
+
 /// One object of the store, once it has been listed.
 async fn cached_one<K>(store: &Store<K>, ns: &str, name: &str) -> Result<Option<K>, Error>
 where
@@ -360,11 +381,13 @@ fn apply_params() -> PatchParams {
 async fn write_status<K, S>(
     api: &Api<K>,
     name: &str,
+    resource_version: Option<&str>,
     old: Option<&S>,
     mut new: S,
 ) -> Result<bool, Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
     S: Serialize + PartialEq + StatusConditions,
 {
     let now = Time(jiff::Timestamp::now());
@@ -376,10 +399,24 @@ where
     if old == Some(&new) {
         return Ok(false);
     }
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let (a, b) = (
+            serde_json::to_value(old).unwrap_or_default(),
+            serde_json::to_value(&new).unwrap_or_default(),
+        );
+        tracing::debug!(
+            kind = %K::kind(&Default::default()),
+            name,
+            change = %serde_json::to_string(&serving_api::admission::json_patch(&a, &b)).unwrap_or_default(),
+            "writing status"
+        );
+    }
+    // Conditional on the version the status was computed from: a cache that lags behind
+    // gets a conflict (retried once the cache has caught up) instead of writing old news.
     api.patch_status(
         name,
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": new })),
+        &Patch::Merge(json!({ "metadata": { "resourceVersion": resource_version }, "status": new })),
     )
     .await?;
     Ok(true)
@@ -403,6 +440,7 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
         let changed = write_status(
             &Api::<Service>::namespaced(c.clone(), &ns),
             &name,
+            svc.metadata.resource_version.as_deref(),
             svc.status.as_ref(),
             status,
         )
@@ -440,6 +478,7 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     write_status(
         &Api::<Service>::namespaced(c.clone(), &ns),
         &name,
+        svc.metadata.resource_version.as_deref(),
         svc.status.as_ref(),
         status,
     )
@@ -561,6 +600,7 @@ async fn reconcile_configuration(
     write_status(
         &Api::<Configuration>::namespaced(ctx.client.clone(), &ns),
         &name,
+        config.metadata.resource_version.as_deref(),
         config.status.as_ref(),
         status.clone(),
     )
@@ -716,6 +756,7 @@ async fn reconcile_revision(rev: Arc<Revision>, ctx: Arc<Context>) -> Result<Act
     let changed = write_status(
         &Api::<Revision>::namespaced(ctx.client.clone(), &ns),
         &name,
+        rev.metadata.resource_version.as_deref(),
         rev.status.as_ref(),
         status,
     )
@@ -871,6 +912,7 @@ async fn apply_domain_mapping(
         write_status(
             &Api::<serving_api::DomainMapping>::namespaced(ctx.client.clone(), &ns),
             &name,
+            dm.metadata.resource_version.as_deref(),
             dm.status.as_ref(),
             status,
         )
@@ -922,6 +964,7 @@ async fn apply_domain_mapping(
     write_status(
         &Api::<serving_api::DomainMapping>::namespaced(ctx.client.clone(), &ns),
         &name,
+        dm.metadata.resource_version.as_deref(),
         dm.status.as_ref(),
         status,
     )
@@ -1003,8 +1046,37 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
     let name = route.name_any();
     let cfg = ctx.configs();
     let stores = ctx.stores()?;
-    let configurations = cached(&stores.route_configurations, &ns, "", "").await?;
-    let revisions = cached(&stores.route_revisions, &ns, "", "").await?;
+    // Only what this Route names: its configurations and their revisions, and revisions it
+    // names directly (cloning a namespace's every object per reconcile cost gigabytes with
+    // thousands of Services).
+    let named_configurations: std::collections::BTreeSet<&str> = route
+        .spec
+        .traffic
+        .iter()
+        .filter_map(|t| t.configuration_name.as_deref())
+        .collect();
+    let named_revisions: std::collections::BTreeSet<&str> = route
+        .spec
+        .traffic
+        .iter()
+        .chain(route.status.iter().flat_map(|s| s.fields.traffic.iter()))
+        .filter_map(|t| t.revision_name.as_deref())
+        .collect();
+    let revisions = cached_where(&stores.route_revisions, &ns, |r: &Revision| {
+        named_revisions.contains(r.name_any().as_str())
+            || r.labels()
+                .get(labels::CONFIGURATION)
+                .is_some_and(|c| named_configurations.contains(c.as_str()))
+    })
+    .await?;
+    let configurations = cached_where(&stores.route_configurations, &ns, |c: &Configuration| {
+        let name = c.name_any();
+        named_configurations.contains(name.as_str())
+            || revisions.iter().any(|r| {
+                r.labels().get(labels::CONFIGURATION).map(String::as_str) == Some(name.as_str())
+            })
+    })
+    .await?;
     let placeholder = placeholder_service(&route, &ctx.activator_host);
     if !cached_one(&stores.route_services, &ns, &name)
         .await?
@@ -1050,11 +1122,14 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
         }
         None => None,
     };
+    // The version the status write is conditional on: this one, or the one the rollout's
+    // record just made.
+    let mut version = route.metadata.resource_version.clone();
     if let Some(want) = rollout
         .as_ref()
         .and_then(|state| serving_controller::rollout::to_record(&route, state))
     {
-        Api::<Route>::namespaced(ctx.client.clone(), &ns)
+        let recorded = Api::<Route>::namespaced(ctx.client.clone(), &ns)
             .patch(
                 &name,
                 &PatchParams::default(),
@@ -1063,6 +1138,7 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
                 }}})),
             )
             .await?;
+        version = recorded.metadata.resource_version;
     }
     let mut with_status = route.as_ref().clone();
     with_status.status = Some(status.clone());
@@ -1086,10 +1162,28 @@ async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Action,
         }
     }
     let routes_api = Api::<Route>::namespaced(ctx.client.clone(), &ns);
-    write_status(&routes_api, &name, route.status.as_ref(), status.clone()).await?;
+    write_status(
+        &routes_api,
+        &name,
+        version.as_deref(),
+        route.status.as_ref(),
+        status.clone(),
+    )
+    .await?;
     // Routing state on the namespace's Revisions, from every Route's resolved traffic (this
     // one's as just computed), as Knative's labeler keeps it.
-    let mut routes = cached(&stores.routes, &ns, "", "").await?;
+    // The Routes that name any of these revisions (they decide the revisions' routing state).
+    let ours: std::collections::BTreeSet<String> = revisions.iter().map(|r| r.name_any()).collect();
+    let mut routes = cached_where(&stores.routes, &ns, |r: &Route| {
+        r.name_any() == name
+            || r.status.iter().any(|s| {
+                s.fields
+                    .traffic
+                    .iter()
+                    .any(|t| t.revision_name.as_ref().is_some_and(|n| ours.contains(n)))
+            })
+    })
+    .await?;
     for r in routes.iter_mut().filter(|r| r.name_any() == name) {
         r.status = Some(status.clone());
     }
@@ -1328,6 +1422,9 @@ pub async fn run(
         })
     };
     let cfg = watcher::Config::default;
+    // At most this many reconciles of a kind at once: bounds memory and the burst on the API
+    // server when thousands of objects change together.
+    let limits = || kube::runtime::controller::Config::default().concurrency(16);
     // One watch per (controller, kind), each feeding a store the controller's reconciles read
     // (see `Stores`): the main kind's changes trigger it, a child's or related object's too
     // (deletes included).
@@ -1430,6 +1527,7 @@ pub async fn run(
         route_ingresses,
     });
     let services = Controller::for_stream(service_stream, service_store)
+        .with_config(limits())
         .owns_stream(service_configuration_stream)
         .owns_stream(service_route_stream)
         .graceful_shutdown_on(stopped(stop_rx.clone()))
@@ -1442,6 +1540,7 @@ pub async fn run(
         )
         .for_each(|_| async {});
     let configurations = Controller::for_stream(configuration_stream, configuration_store)
+        .with_config(limits())
         .owns_stream(configuration_revision_stream)
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(
@@ -1458,6 +1557,7 @@ pub async fn run(
         )
         .for_each(|_| async {});
     let revisions = Controller::for_stream(revision_stream, revision_store)
+        .with_config(limits())
         .owns_stream(deployment_stream)
         .owns_stream(revision_service_stream)
         .watches_stream(pod_stream, by_label::<Pod>(labels::REVISION))
@@ -1472,6 +1572,7 @@ pub async fn run(
         )
         .for_each(|_| async {});
     let routes = Controller::for_stream(route_stream, routes)
+        .with_config(limits())
         .watches_stream(route_revision_stream, |r: Revision| {
             // The Route a Service made is named after its Configuration.
             let ns = r.namespace()?;
@@ -1499,6 +1600,7 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let domain_mappings = Controller::for_stream(mapping_stream, mapping_store)
+        .with_config(limits())
         .owns_stream(mapping_ingress_stream)
         // A claim names the mappings it concerns (its domain in its namespace).
         .watches_stream(claim_stream, |c: serving_api::ClusterDomainClaim| {

@@ -715,6 +715,19 @@ impl FakeApi {
                         let stored = self.write(obj, dry);
                         json_response(StatusCode::OK, &scale_of(&stored))
                     }
+                    // A resourceVersion in a merge patch is a precondition.
+                    _ if !json_patch
+                        && !apply
+                        && body["metadata"]["resourceVersion"]
+                            .as_str()
+                            .is_some_and(|rv| Some(rv) != obj["metadata"]["resourceVersion"].as_str()) =>
+                    {
+                        status(
+                            StatusCode::CONFLICT,
+                            "Conflict",
+                            format!("{name}: the object has been modified"),
+                        )
+                    }
                     Some("status") => {
                         merge(&mut obj["status"], &body["status"]);
                         json_response(StatusCode::OK, &self.write(obj, dry))
