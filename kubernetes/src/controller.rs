@@ -416,7 +416,9 @@ where
     api.patch_status(
         name,
         &PatchParams::default(),
-        &Patch::Merge(json!({ "metadata": { "resourceVersion": resource_version }, "status": new })),
+        &Patch::Merge(
+            json!({ "metadata": { "resourceVersion": resource_version }, "status": new }),
+        ),
     )
     .await?;
     Ok(true)

@@ -720,7 +720,9 @@ impl FakeApi {
                         && !apply
                         && body["metadata"]["resourceVersion"]
                             .as_str()
-                            .is_some_and(|rv| Some(rv) != obj["metadata"]["resourceVersion"].as_str()) =>
+                            .is_some_and(|rv| {
+                                Some(rv) != obj["metadata"]["resourceVersion"].as_str()
+                            }) =>
                     {
                         status(
                             StatusCode::CONFLICT,
