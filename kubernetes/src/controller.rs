@@ -123,17 +123,10 @@ async fn cached<K>(store: &Store<K>, ns: &str, key: &str, value: &str) -> Result
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    store
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::NotSynced)?;
-    Ok(store
-        .state()
-        .into_iter()
-        .filter(|o| o.namespace().as_deref() == Some(ns))
-        .filter(|o| key.is_empty() || o.labels().get(key).map(String::as_str) == Some(value))
-        .map(|o| o.as_ref().clone())
-        .collect())
+    cached_where(store, ns, |o: &K| {
+        key.is_empty() || o.labels().get(key).map(String::as_str) == Some(value)
+    })
+    .await
 }
 
 /// The store's objects of `ns` that `keep` selects (cloned only then), once it has been listed.
@@ -181,6 +174,47 @@ pub struct Configs {
     pub autoscaler: AutoscalerConfig,
     pub gc: serving_api::config::GcConfig,
     pub features: serving_api::config::FeaturesConfig,
+}
+
+/// Config map data by name, as `Configs::from_maps` reads it.
+pub type ConfigMaps = BTreeMap<String, BTreeMap<String, String>>;
+
+/// The config maps among `list` whose names are in `names`.
+pub fn config_maps(
+    list: impl Iterator<Item = k8s_openapi::api::core::v1::ConfigMap>,
+    names: &[&str],
+) -> ConfigMaps {
+    list.filter_map(|cm| Some((cm.metadata.name.clone()?, cm.data.unwrap_or_default())))
+        .filter(|(n, _)| names.contains(&n.as_str()))
+        .collect()
+}
+
+/// Watch the config maps `names` of `api` forever, starting from `initial`: every valid
+/// change is handed to `apply`; an invalid one is reported and the last good one kept.
+pub async fn watch_configs(
+    api: Api<k8s_openapi::api::core::v1::ConfigMap>,
+    names: &'static [&'static str],
+    initial: ConfigMaps,
+    mut apply: impl FnMut(Configs) + Send + 'static,
+) {
+    let mut last = initial;
+    crate::mirror::mirror(api, watcher::Config::default(), move |snapshot| {
+        let now = config_maps(snapshot.values().cloned(), names);
+        if now == last {
+            return;
+        }
+        match Configs::from_maps(&now) {
+            Ok(c) => {
+                apply(c);
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(errors = %e, "config maps rejected; keeping the last good ones")
+            }
+        }
+        last = now;
+    })
+    .await;
 }
 
 impl Configs {
@@ -1428,15 +1462,11 @@ pub async fn run(
     // server when thousands of objects change together.
     let limits = || kube::runtime::controller::Config::default().concurrency(16);
     // One watch per (controller, kind), each feeding a store the controller's reconciles read
-    // (see `Stores`): the main kind's changes trigger it, a child's or related object's too
-    // (deletes included).
-    fn informed<K>(
-        api: Api<K>,
-        config: watcher::Config,
-    ) -> (
-        Store<K>,
-        impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-    )
+    // (see `Stores`): the main kind's changes trigger it (`main`: applied objects), a child's
+    // or related object's too (deletes included).
+    type Triggers<K> =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<K, watcher::Error>> + Send>>;
+    fn stream_of<K>(api: Api<K>, config: watcher::Config, main: bool) -> (Store<K>, Triggers<K>)
     where
         K: Resource<DynamicType = ()>
             + Clone
@@ -1447,70 +1477,64 @@ pub async fn run(
             + 'static,
     {
         let (reader, writer) = reflector::store();
-        let stream = watcher(api, config)
-            .default_backoff()
-            .reflect(writer)
-            .touched_objects();
+        let reflected = watcher(api, config).default_backoff().reflect(writer);
+        let stream: Triggers<K> = if main {
+            Box::pin(reflected.applied_objects())
+        } else {
+            Box::pin(reflected.touched_objects())
+        };
         (reader, stream)
     }
-    fn main_stream<K>(
-        api: Api<K>,
-        config: watcher::Config,
-    ) -> (
-        Store<K>,
-        impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-    )
-    where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
-    {
-        let (reader, writer) = reflector::store();
-        let stream = watcher(api, config)
-            .default_backoff()
-            .reflect(writer)
-            .applied_objects();
-        (reader, stream)
-    }
-    let (service_store, service_stream) = main_stream(Api::<Service>::all(c.clone()), cfg());
+    let (service_store, service_stream) = stream_of(Api::<Service>::all(c.clone()), cfg(), true);
     let (service_configurations, service_configuration_stream) =
-        informed(Api::<Configuration>::all(c.clone()), cfg());
-    let (service_routes, service_route_stream) = informed(Api::<Route>::all(c.clone()), cfg());
+        stream_of(Api::<Configuration>::all(c.clone()), cfg(), false);
+    let (service_routes, service_route_stream) =
+        stream_of(Api::<Route>::all(c.clone()), cfg(), false);
     let (configuration_store, configuration_stream) =
-        main_stream(Api::<Configuration>::all(c.clone()), cfg());
+        stream_of(Api::<Configuration>::all(c.clone()), cfg(), true);
     let (configuration_revisions, configuration_revision_stream) =
-        informed(Api::<Revision>::all(c.clone()), cfg());
-    let (revision_store, revision_stream) = main_stream(Api::<Revision>::all(c.clone()), cfg());
-    let (deployments, deployment_stream) = informed(
+        stream_of(Api::<Revision>::all(c.clone()), cfg(), false);
+    let (revision_store, revision_stream) = stream_of(Api::<Revision>::all(c.clone()), cfg(), true);
+    let (deployments, deployment_stream) = stream_of(
         Api::<Deployment>::all(c.clone()),
         cfg().labels(labels::REVISION),
+        false,
     );
-    let (pods, pod_stream) = informed(Api::<Pod>::all(c.clone()), cfg().labels(labels::REVISION));
-    let (routes, route_stream) = main_stream(Api::<Route>::all(c.clone()), cfg());
-    let (route_revisions, route_revision_stream) = informed(Api::<Revision>::all(c.clone()), cfg());
+    let (pods, pod_stream) = stream_of(
+        Api::<Pod>::all(c.clone()),
+        cfg().labels(labels::REVISION),
+        false,
+    );
+    let (routes, route_stream) = stream_of(Api::<Route>::all(c.clone()), cfg(), true);
+    let (route_revisions, route_revision_stream) =
+        stream_of(Api::<Revision>::all(c.clone()), cfg(), false);
     let (route_configurations, route_configuration_stream) =
-        informed(Api::<Configuration>::all(c.clone()), cfg());
-    let (route_ingresses, route_ingress_stream) = informed(Api::<Ingress>::all(c.clone()), cfg());
-    let (mapping_store, mapping_stream) =
-        main_stream(Api::<serving_api::DomainMapping>::all(c.clone()), cfg());
-    let (claims, claim_stream) = informed(
+        stream_of(Api::<Configuration>::all(c.clone()), cfg(), false);
+    let (route_ingresses, route_ingress_stream) =
+        stream_of(Api::<Ingress>::all(c.clone()), cfg(), false);
+    let (mapping_store, mapping_stream) = stream_of(
+        Api::<serving_api::DomainMapping>::all(c.clone()),
+        cfg(),
+        true,
+    );
+    let (claims, claim_stream) = stream_of(
         Api::<serving_api::ClusterDomainClaim>::all(c.clone()),
         cfg(),
+        false,
     );
-    let (mapping_routes, mapping_route_stream) = informed(Api::<Route>::all(c.clone()), cfg());
+    let (mapping_routes, mapping_route_stream) =
+        stream_of(Api::<Route>::all(c.clone()), cfg(), false);
     let (mapping_ingresses, mapping_ingress_stream) =
-        informed(Api::<Ingress>::all(c.clone()), cfg());
-    let (revision_services, revision_service_stream) = informed(
+        stream_of(Api::<Ingress>::all(c.clone()), cfg(), false);
+    let (revision_services, revision_service_stream) = stream_of(
         Api::<KubeService>::all(c.clone()),
         cfg().labels(labels::REVISION),
+        false,
     );
-    let (route_services, route_service_stream) = informed(
+    let (route_services, route_service_stream) = stream_of(
         Api::<KubeService>::all(c.clone()),
         cfg().labels(labels::ROUTE),
+        false,
     );
     let _ = ctx.stores.set(Stores {
         revision_services,

@@ -6,15 +6,12 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use ebb_kubernetes::controller::{Configs, Context, run};
 use ebb_kubernetes::leader::Elector;
-use ebb_kubernetes::mirror::mirror;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
-use kube::runtime::watcher;
 use tokio::sync::watch;
 
 const CONFIG_MAPS: [&str; 7] = [
@@ -26,12 +23,6 @@ const CONFIG_MAPS: [&str; 7] = [
     "config-gc",
     "config-features",
 ];
-
-fn maps(list: impl Iterator<Item = ConfigMap>) -> BTreeMap<String, BTreeMap<String, String>> {
-    list.filter_map(|cm| Some((cm.metadata.name.clone()?, cm.data.unwrap_or_default())))
-        .filter(|(n, _)| CONFIG_MAPS.contains(&n.as_str()))
-        .collect()
-}
 
 #[derive(clap::Parser, Debug)]
 #[command(
@@ -84,7 +75,10 @@ async fn run_controller(args: Args) -> anyhow::Result<()> {
     let client = ebb_kubernetes::client().await?;
 
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    let initial = maps(cms.list(&Default::default()).await?.items.into_iter());
+    let initial = ebb_kubernetes::controller::config_maps(
+        cms.list(&Default::default()).await?.items.into_iter(),
+        &CONFIG_MAPS,
+    );
     let configs = Configs::from_maps(&initial)
         .map_err(|e| anyhow::anyhow!("config maps in {namespace}:\n{e}"))?;
     // The activators' probe port (their metrics listener), from the headless Service
@@ -119,27 +113,17 @@ async fn run_controller(args: Args) -> anyhow::Result<()> {
     let reloader = {
         let ctx = ctx.clone();
         let cms = cms.clone();
-        tokio::spawn(async move {
-            let mut last = initial;
-            mirror(cms, watcher::Config::default(), move |snapshot| {
-                let now = maps(snapshot.values().cloned());
-                if now == last {
-                    return;
+        tokio::spawn(ebb_kubernetes::controller::watch_configs(
+            cms.clone(),
+            &CONFIG_MAPS,
+            initial,
+            move |c| {
+                if let Ok(mut w) = ctx.configs.write() {
+                    *w = c;
                 }
-                match Configs::from_maps(&now) {
-                    Ok(c) => {
-                        if let Ok(mut w) = ctx.configs.write() {
-                            *w = c;
-                        }
-                        reload_tx.send_modify(|n| *n += 1);
-                        tracing::info!("configuration reloaded");
-                    }
-                    Err(e) => tracing::error!(errors = %e, "config maps rejected; keeping the last good ones"),
-                }
-                last = now;
-            })
-            .await;
-        })
+                reload_tx.send_modify(|n| *n += 1);
+            },
+        ))
     };
 
     let listener = tokio::net::TcpListener::bind(&address)

@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Parser;
 use ebb_kubernetes::controller::Configs;
-use ebb_kubernetes::mirror::mirror;
 use ebb_kubernetes::webhook::{self, Certs, CurrentCert, Hook, MUTATING, VALIDATING};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,7 +22,6 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::runtime::watcher;
 
 /// The largest AdmissionReview accepted: the API server's own request limit (3 MiB) plus the
 /// old object and the review's envelope.
@@ -265,16 +263,13 @@ async fn handle(st: Arc<State>, req: Request<hyper::body::Incoming>) -> Response
     }
 }
 
-fn maps(list: impl Iterator<Item = ConfigMap>) -> BTreeMap<String, BTreeMap<String, String>> {
-    list.filter_map(|cm| Some((cm.metadata.name.clone()?, cm.data.unwrap_or_default())))
-        .filter(|(n, _)| CONFIG_MAPS.contains(&n.as_str()))
-        .collect()
-}
-
 async fn run(args: Args) -> anyhow::Result<()> {
     let client = ebb_kubernetes::client().await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &args.namespace);
-    let initial = maps(cms.list(&Default::default()).await?.items.into_iter());
+    let initial = ebb_kubernetes::controller::config_maps(
+        cms.list(&Default::default()).await?.items.into_iter(),
+        &CONFIG_MAPS,
+    );
     let configs = Configs::from_maps(&initial)
         .map_err(|e| anyhow::anyhow!("config maps in {}:\n{e}", args.namespace))?;
     let current = Arc::new(CurrentCert::default());
@@ -293,26 +288,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // reported and the last good configuration kept.
     let reloader = {
         let st = st.clone();
-        tokio::spawn(async move {
-            let mut last = initial;
-            mirror(cms, watcher::Config::default(), move |snapshot| {
-                let now = maps(snapshot.values().cloned());
-                if now == last {
-                    return;
+        tokio::spawn(ebb_kubernetes::controller::watch_configs(
+            cms,
+            &CONFIG_MAPS,
+            initial,
+            move |c| {
+                if let Ok(mut w) = st.configs.write() {
+                    *w = c;
                 }
-                match Configs::from_maps(&now) {
-                    Ok(c) => {
-                        if let Ok(mut w) = st.configs.write() {
-                            *w = c;
-                        }
-                        tracing::info!("configuration reloaded");
-                    }
-                    Err(e) => tracing::error!(errors = %e, "config maps rejected; keeping the last good ones"),
-                }
-                last = now;
-            })
-            .await;
-        })
+            },
+        ))
     };
 
     let listener = tokio::net::TcpListener::bind(&args.address)
